@@ -1,0 +1,287 @@
+"""The HTTP routes on quart-trio: auth, /run, /stop, /result, /health and the probes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ._config import RESERVED_PATHS
+from ._duration import format_duration
+from ._jobs import REASON_DISCONNECT, REASON_STOP, REASON_SYNC_TIMEOUT
+from ._params import Params
+from ._request import RequestError, parse_run_body, validate_job_id
+from ._wire import dumps
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+    from ._server import Server
+
+__all__ = ["create_app", "json_response", "open_quart"]
+
+logger: Final = logging.getLogger("funtask.http")
+
+_JSON: Final = "application/json"
+_BEARER: Final = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +(.*)")
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    """A JSON response with the given status."""
+    return Response(dumps(obj), status=status, content_type=_JSON)
+
+
+def raw_json_response(body: bytes, status: int = 200) -> Response:
+    """A response from already serialised JSON."""
+    return Response(body, status=status, content_type=_JSON)
+
+
+def error_response(message: str, status: int, **extra: Any) -> Response:
+    """The ``{"error": message}`` envelope, with optional extra members."""
+    return json_response({"error": message, **extra}, status)
+
+
+_UNAUTHORIZED: Final = b'{"error":"unauthorized"}'
+_NOT_RUNNING: Final = b'{"error":"server is not running (ASGI lifespan not started)"}'
+_DRAINING_RUN: Final = b'{"error":"Server is shutting down"}'
+
+
+def bearer_token(header: str | None) -> bytes | None:
+    """The token of an ``Authorization: Bearer ...`` header value, as bytes."""
+    if not header:
+        return None
+    match = _BEARER.fullmatch(header.encode("latin-1", "replace"))
+    return match.group(1).strip() if match else None
+
+
+def _go_path(path: str) -> str:
+    """Turn Go ``ServeMux`` wildcards (``{id}``, ``{rest...}``) into Quart rules."""
+    path = re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\.\.\.\}", r"<path:\1>", path)
+    path = re.sub(r"\{\$\}", "", path)
+    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", r"<\1>", path)
+
+
+class HttpApi:
+    """The built-in routes, bound to the server whose runtime they serve."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The running server state, or None outside the lifespan."""
+        return self.server._runtime
+
+    def guarded(
+        self, view: Callable[..., Awaitable[Response]]
+    ) -> Callable[..., Awaitable[Response]]:
+        """Wrap ``view`` with the bearer-token check; it gets the runtime as first argument."""
+
+        async def wrapper(**kwargs: Any) -> Response:
+            runtime = self.server._runtime
+            if runtime is None:
+                return raw_json_response(_NOT_RUNNING, 503)
+            if not runtime.authorized(bearer_token(request.headers.get("Authorization"))):
+                return raw_json_response(_UNAUTHORIZED, 401)
+            return await view(runtime, **kwargs)
+
+        wrapper.__name__ = view.__name__
+        return wrapper
+
+    # -- /run ---------------------------------------------------------------
+
+    async def run_task(self, runtime: Runtime, task: str) -> Response:
+        """POST /run/{task}: the checks of SPEC 1 in order, then a sync or async run."""
+        if runtime.draining:
+            return raw_json_response(_DRAINING_RUN, 503)
+        slot = runtime.slots.get(task)
+        if slot is None:
+            return error_response(f"task {json.dumps(task)} not found", 404)
+        try:
+            body = parse_run_body(
+                await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            )
+        except RequestError as exc:
+            return error_response(str(exc), 400)
+        callback_url: str | None = None
+        if body.callback_url is not None:
+            if not runtime.allowlist:
+                return error_response("callback URLs not allowed (no allowlist configured)", 400)
+            callback_url = runtime.allowlist.check(body.callback_url)
+            if callback_url is None:
+                return error_response("callback URL not allowed", 400)
+        if body.job_id:
+            if not validate_job_id(body.job_id):
+                return error_response("invalid jobId", 400)
+            job_id = body.job_id
+            record = slot.find(job_id)
+            if record is not None:
+                return raw_json_response(record.body)
+            current = slot.current
+            if current is not None and current.job_id == job_id:
+                doc: dict[str, Any] = {
+                    "jobId": job_id,
+                    "status": "running",
+                    "running": runtime.running_for(current),
+                }
+                if current.run.state.step:
+                    doc["currentStep"] = current.run.state.step
+                return json_response(doc)
+        else:
+            job_id = str(uuid.uuid4())
+        current = slot.current
+        if current is not None:
+            return error_response(
+                "Task is busy with a different job",
+                409,
+                task=task,
+                currentJob={"jobId": current.job_id, "running": runtime.running_for(current)},
+            )
+        job = runtime.runner.start(slot, job_id, Params(body.params), callback_url=callback_url)
+        if callback_url is not None:
+            return json_response({"jobId": job_id}, 202)
+        return await self._wait_sync(runtime, job)
+
+    async def _wait_sync(self, runtime: Runtime, job: Any) -> Response:
+        try:
+            with trio.move_on_after(runtime.sync_timeout):
+                await job.finished.wait()
+        except trio.Cancelled:
+            job.cancel(REASON_DISCONNECT)
+            runtime.result_unsent(job)
+            raise
+        if job.record is None:
+            job.cancel(REASON_SYNC_TIMEOUT)
+            runtime.result_unsent(job)
+            return error_response(
+                f"Sync mode timeout exceeded ({format_duration(runtime.sync_timeout)}). "
+                "Use callbackUrl for long-running tasks.",
+                504,
+                jobId=job.job_id,
+            )
+        return raw_json_response(job.record.body)
+
+    # -- /stop, /result, /health ----------------------------------------------
+
+    async def stop_task(self, runtime: Runtime, task: str) -> Response:
+        """POST /stop/{task}: cancel the running job, or end its callback retries."""
+        slot = runtime.slots.get(task)
+        if slot is None:
+            return error_response(f"task {json.dumps(task)} not found", 404)
+        job = slot.current
+        if job is None:
+            return json_response({"task": task, "message": "No running job"})
+        if job.record is None:
+            job.cancel(REASON_STOP)
+        else:
+            runtime.stop_delivery(job)
+        return json_response(
+            {"task": task, "jobId": job.job_id, "message": "Cancellation requested"}
+        )
+
+    async def get_result(self, runtime: Runtime, job_id: str) -> Response:
+        """GET /result/{jobId}: the newest stored result with that jobId."""
+        raw_path = request.scope.get("raw_path")
+        if raw_path:
+            # One segment, percent-decoded: "a%2Fb" is the jobId "a/b"; "a/b" is no route.
+            from urllib.parse import unquote
+
+            segment = raw_path.split(b"?", 1)[0][len(b"/result/") :]
+            if b"/" in segment:
+                return error_response("not found", 404)
+            job_id = unquote(segment.decode("latin-1"), encoding="utf-8", errors="replace")
+        record = runtime.runner.find_result(job_id)
+        if record is None:
+            return error_response("result not found", 404)
+        return raw_json_response(record.body)
+
+    async def health(self, runtime: Runtime) -> Response:
+        """GET /health: server status, per-task progress and result history."""
+        return raw_json_response(runtime.health_body())
+
+    async def livez(self) -> Response:
+        """GET /livez: always ok."""
+        return json_response({"status": "ok"})
+
+    async def readyz(self) -> Response:
+        """GET /readyz: 503 while draining or when the readiness check fails."""
+        runtime = self.runtime
+        if runtime is None:
+            return raw_json_response(_NOT_RUNNING, 503)
+        if runtime.draining:
+            return error_response("server is shutting down", 503)
+        problem = await runtime.readiness_error()
+        if problem is not None:
+            return error_response(problem, 503)
+        return json_response({"status": "ok"})
+
+
+def create_app(server: Server) -> QuartTrio:
+    """Build the quart-trio app serving ``server``'s routes."""
+    app = QuartTrio(f"funtask.{server.name}")
+    app.config["MAX_CONTENT_LENGTH"] = server.settings.max_body_size
+    app.config["RESPONSE_TIMEOUT"] = None  # sync runs and /events outlive any fixed timeout
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.url_map.strict_slashes = False
+    api = HttpApi(server)
+    app.add_url_rule("/run/<task>", "run", api.guarded(api.run_task), methods=["POST"])
+    app.add_url_rule("/stop/<task>", "stop", api.guarded(api.stop_task), methods=["POST"])
+    app.add_url_rule(
+        "/result/<path:job_id>", "result", api.guarded(api.get_result), methods=["GET"]
+    )
+    app.add_url_rule("/health", "health", api.guarded(api.health), methods=["GET"])
+    app.add_url_rule("/livez", "livez", api.livez, methods=["GET"])
+    app.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])
+    for index, handler in enumerate(server._handlers):
+        methods = [handler.method] if handler.method else None
+        rule = _go_path(handler.path)
+        assert handler.view is not None and rule not in RESERVED_PATHS
+        app.add_url_rule(rule, f"handler_{index}", handler.view, methods=methods)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        messages = {
+            404: "not found",
+            405: "method not allowed",
+            413: "request body too large",
+            408: "request timeout",
+        }
+        response = error_response(messages.get(status, exc.name.lower()), status)
+        allowed = getattr(exc, "valid_methods", None)
+        if status == 405 and allowed:
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(exc: Exception) -> Response:
+        logger.error("unhandled error serving %s %s", request.method, request.path, exc_info=exc)
+        return error_response("internal server error", 500)
+
+    return app
+
+
+@asynccontextmanager
+async def open_quart(app: QuartTrio) -> AsyncIterator[QuartTrio]:
+    """Run Quart's own startup and shutdown around the block, with its own nursery.
+
+    quart-trio keeps background tasks in ``app.nursery`` and cancels it on
+    shutdown, so it gets a nursery of its own, never the server's.
+    """
+    async with trio.open_nursery() as nursery:
+        app.nursery = nursery
+        await app.startup()
+        try:
+            yield app
+        finally:
+            with trio.CancelScope(shield=True):
+                await app.shutdown()

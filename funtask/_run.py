@@ -1,0 +1,147 @@
+"""The job context a task receives: :class:`Run`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, MutableMapping
+from typing import Any, Final, NamedTuple
+
+from ._errors import JobCancelled
+
+__all__ = ["JobLogAdapter", "Progress", "Run", "RunState"]
+
+SERVER_STEP_HISTORY: Final = 100  # steps kept per server job
+
+task_logger: Final = logging.getLogger("funtask.task")
+
+
+class Progress(NamedTuple):
+    """Structured progress: ``current`` of ``total``, and the integer ``percent``."""
+
+    current: int
+    total: int
+    percent: int
+
+
+class RunState(NamedTuple):
+    """An immutable snapshot of what a job reported, swapped atomically on each update."""
+
+    step: str
+    progress: Progress | None
+    last_step_at: float | None  # wall-clock seconds since the epoch
+
+
+_INITIAL: Final = RunState("", None, None)
+
+
+class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger adapter that prefixes records with the task and jobId and adds them as extras."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        """Prefix the message and attach ``task`` and ``job_id`` to the record."""
+        extra = self.extra or {}
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"[{extra.get('task')} {extra.get('job_id')}] {msg}", kwargs
+
+
+def _noop() -> None:
+    pass
+
+
+class Run:
+    """The context of one job: its identity, progress reporting and cancellation flag.
+
+    Tasks report with :meth:`step` and :meth:`progress`; both are cheap (no
+    I/O) and safe to call from a worker thread. Cancellation itself is
+    Trio's (the job's cancel scope); :attr:`cancelled` and
+    :meth:`check_cancelled` let a plain ``def`` task running in a thread
+    notice it cooperatively.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        job_id: str,
+        *,
+        max_steps: int | None = SERVER_STEP_HISTORY,
+        step_log_level: int = logging.DEBUG,
+        on_change: Callable[[], None] = _noop,
+    ) -> None:
+        self._task = task
+        self._job_id = job_id
+        self._steps: deque[str] = deque(maxlen=max_steps)
+        self._state = _INITIAL
+        self._cancelled = threading.Event()
+        self._on_change = on_change
+        self._step_log_level = step_log_level
+        self.log: logging.LoggerAdapter = JobLogAdapter(  # type: ignore[type-arg]
+            task_logger, {"task": task, "job_id": job_id}
+        )
+
+    def __repr__(self) -> str:
+        return f"Run(task={self._task!r}, job_id={self._job_id!r})"
+
+    @property
+    def job_id(self) -> str:
+        """The job's id (the caller's ``jobId`` or a generated UUID4)."""
+        return self._job_id
+
+    @property
+    def task(self) -> str:
+        """The name of the task this job runs."""
+        return self._task
+
+    @property
+    def steps(self) -> list[str]:
+        """The step messages reported so far, oldest first (the last 100 in server jobs)."""
+        return list(self._steps)
+
+    @property
+    def state(self) -> RunState:
+        """The latest step, progress and step time as one snapshot."""
+        return self._state
+
+    def step(self, message: str) -> None:
+        """Report the step the job is in; shown on ``/health`` and as ``error.step``."""
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a str, not {message!r}")
+        self._record(message, self._state.progress, always=True)
+
+    def progress(self, current: int, total: int, message: str = "") -> None:
+        """Report ``current`` of ``total`` items done, with an optional step message.
+
+        ``percent`` is ``current * 100 // total``, or 0 when ``total <= 0``.
+        """
+        for name, value in (("current", current), ("total", total)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a str, not {message!r}")
+        percent = current * 100 // total if total > 0 else 0
+        self._record(message or self._state.step, Progress(current, total, percent))
+
+    def _record(self, message: str, progress: Progress | None, *, always: bool = False) -> None:
+        if message and (always or message != self._state.step):
+            self._steps.append(message)
+            if self.log.isEnabledFor(self._step_log_level):
+                self.log.log(self._step_log_level, "step: %s", message)
+        self._state = RunState(message, progress, time.time())
+        self._on_change()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job has been cancelled (thread-safe)."""
+        return self._cancelled.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`funtask.JobCancelled` if the job has been cancelled."""
+        if self._cancelled.is_set():
+            raise JobCancelled()
+
+    def _mark_cancelled(self) -> None:
+        self._cancelled.set()

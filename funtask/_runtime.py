@@ -1,0 +1,237 @@
+"""The running server: its nursery, task slots, draining state and shutdown sequence."""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from ._allowlist import Allowlist
+from ._changes import ChangeNotifier
+from ._config import to_seconds
+from ._duration import format_duration_seconds
+from ._jobs import REASON_SHUTDOWN, Job, JobRunner, TaskSlot
+from ._result import fail
+from ._wire import FinishedJob, dumps, rfc3339
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+__all__ = ["Runtime", "open_runtime"]
+
+logger: Final = logging.getLogger("funtask.server")
+
+
+class Runtime:
+    """Everything that exists only while a server is serving."""
+
+    def __init__(self, server: Server, nursery: trio.Nursery) -> None:
+        settings = server.settings
+        self.server = server
+        self.name = server.name
+        self.nursery = nursery
+        self.tokens = tuple(t.encode("utf-8") for t in settings.resolved_tokens())
+        self.dead_letter_dir = settings.resolved_dead_letter_dir()
+        self.allowlist = Allowlist(settings.callback_allowlist)
+        self.sync_timeout = _seconds(settings.sync_timeout)
+        self.shutdown_timeout = _seconds(settings.shutdown_timeout)
+        self.callback_timeout = _seconds(settings.callback_timeout)
+        self.max_duration = (
+            None if settings.max_duration is None else _seconds(settings.max_duration)
+        )
+        self.max_body_size = settings.max_body_size
+        self.notifier = ChangeNotifier()
+        self.slots = {
+            task.name: TaskSlot(task, task.keep_results or settings.result_history)
+            for task in server.tasks.values()
+        }
+        self.runner = JobRunner(
+            self.slots,
+            max_duration=self.max_duration,
+            on_change=self.notifier.bump,
+            on_finished=self._after_job,
+        )
+        self.started_at = trio.current_time()
+        self.draining = False
+        self._health_cache: tuple[int, int, bytes] | None = None
+
+    # -- auth -------------------------------------------------------------
+
+    def authorized(self, presented: bytes | None) -> bool:
+        """Whether ``presented`` equals one of the tokens (constant time, every token compared)."""
+        if presented is None:
+            return False
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(presented, token)
+        return matched
+
+    # -- jobs -------------------------------------------------------------
+
+    async def _after_job(self, job: Job, record: FinishedJob) -> None:
+        if job.callback_url is not None:
+            logger.warning(
+                "[%s %s] callback delivery is not available yet; result kept in history",
+                job.task.name,
+                job.job_id,
+            )
+
+    def result_unsent(self, job: Job) -> None:
+        """Note that a sync caller will not receive ``job``'s result (504 or disconnect)."""
+        job.unsent = True
+
+    def stop_delivery(self, job: Job) -> None:
+        """End the callback retry schedule of a finished job (``/stop`` during delivery)."""
+        job.delivery_stopped = True
+        if job.delivery_scope is not None:
+            job.delivery_scope.cancel()
+
+    def running_for(self, job: Job) -> str:
+        """How long ``job`` has been running, as a Go duration rounded to the second."""
+        return format_duration_seconds(trio.current_time() - job.started_at)
+
+    # -- health -----------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The ``/health`` document."""
+        now = trio.current_time()
+        tasks: dict[str, Any] = {}
+        for name, slot in self.slots.items():
+            task = slot.task
+            doc: dict[str, Any] = {"status": "running" if slot.current else "idle"}
+            if task.description:
+                doc["description"] = task.description
+            if task.example:
+                doc["example"] = task.example
+            job = slot.current
+            if job is not None:
+                state = job.run.state
+                current: dict[str, Any] = {
+                    "jobId": job.job_id,
+                    "running": format_duration_seconds(now - job.started_at),
+                }
+                if state.step:
+                    current["currentStep"] = state.step
+                if state.progress is not None and state.progress.total > 0:
+                    current["progress"] = state.progress._asdict()
+                if state.last_step_at is not None:
+                    current["lastStepAt"] = rfc3339(state.last_step_at)
+                if job.record is not None:
+                    current["delivering"] = True
+                doc["currentJob"] = current
+            if slot.history:
+                last = slot.history[0]
+                last_job = {
+                    "jobId": last.job_id,
+                    "success": last.success,
+                    "finished": last.entry["finished"],
+                    "duration": last.duration,
+                }
+                if not last.success:
+                    last_job["error"] = last.result.error_code
+                    last_job["message"] = last.result.message
+                doc["lastJob"] = last_job
+                doc["results"] = [record.entry for record in slot.history]
+            tasks[name] = doc
+        return {
+            "name": self.name,
+            "status": "draining" if self.draining else "ok",
+            "uptime": format_duration_seconds(now - self.started_at),
+            "tasks": tasks,
+        }
+
+    def health_body(self) -> bytes:
+        """The ``/health`` document serialised, cached per change and per second."""
+        now = trio.current_time()
+        key = (self.notifier.version, int(now - self.started_at))
+        cache = self._health_cache
+        if cache is not None and cache[:2] == key and not self._any_running():
+            return cache[2]
+        body = dumps(self.health())
+        self._health_cache = (key[0], key[1], body)
+        return body
+
+    def _any_running(self) -> bool:
+        return any(slot.current is not None for slot in self.slots.values())
+
+    # -- readiness --------------------------------------------------------
+
+    async def readiness_error(self) -> str | None:
+        """The readiness check's failure message, or None when ready."""
+        check = self.server.settings.readiness
+        if check is None:
+            return None
+        try:
+            outcome = check()
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            return str(exc) or type(exc).__name__
+        if isinstance(outcome, BaseException):
+            return str(outcome) or type(outcome).__name__
+        return None
+
+    # -- shutdown ---------------------------------------------------------
+
+    def begin_draining(self) -> None:
+        """Refuse new work from now on and cancel every running job."""
+        if self.draining:
+            return
+        self.draining = True
+        logger.info("server %r draining", self.name)
+        for job in self.runner.jobs():
+            if job.record is None:
+                job.cancel(REASON_SHUTDOWN)
+        self.notifier.bump()
+
+    async def drain(self) -> None:
+        """Run the shutdown sequence; returns once no job or delivery is left."""
+        with trio.CancelScope(shield=True):
+            self.begin_draining()
+            with trio.move_on_after(self.shutdown_timeout):
+                seen = self.notifier.version
+                while self.runner.jobs():
+                    seen = await self.notifier.wait_for_change(seen)
+            for job in self.runner.jobs():
+                slot = self.slots[job.task.name]
+                if job.record is None:
+                    job.run.log.warning("job still running after the shutdown timeout")
+                    self.runner.finish(
+                        slot, job, fail("worker_shutdown", "server is shutting down")
+                    )
+                if job.thread_scope is not None:
+                    job.thread_scope.cancel()  # abandon a thread that ignores cancellation
+                job.scope.cancel()
+                if job.delivery_scope is not None:
+                    job.delivery_scope.cancel()
+
+
+def _seconds(value: Any) -> float:
+    seconds = to_seconds(value)
+    assert seconds is not None  # validated before the runtime exists
+    return seconds
+
+
+@asynccontextmanager
+async def open_runtime(server: Server) -> AsyncIterator[Runtime]:
+    """Open the server's nursery and runtime; drain and close them on exit."""
+    async with trio.open_nursery() as nursery:
+        runtime = Runtime(server, nursery)
+        async with trio.open_nursery() as jobs_nursery:
+            runtime.runner.nursery = jobs_nursery
+            async with AsyncExitStack() as stack:
+                if server.settings.lifespan is not None:
+                    await stack.enter_async_context(server.settings.lifespan(server))
+                try:
+                    yield runtime
+                finally:
+                    await runtime.drain()
+            jobs_nursery.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,115 @@
+"""Serving over HTTP with hypercorn's trio worker: ``Server.serve`` and ``Server.run``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from ._app import open_quart
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+__all__ = ["hypercorn_config", "run", "serve"]
+
+logger: Final = logging.getLogger("funtask.server")
+
+HTTP_GRACEFUL_TIMEOUT: Final = 5.0  # seconds for in-flight responses after the drain
+
+
+def hypercorn_config(bind: str | Iterable[str]) -> Config:
+    """A hypercorn config for ``bind`` with funtask's defaults (no access log)."""
+    config = Config()
+    config.bind = [bind] if isinstance(bind, str) else list(bind)
+    config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+def without_lifespan(server: Server) -> Callable[..., Any]:
+    """An ASGI app that serves ``server``'s routes and acknowledges lifespan at once."""
+    app = server._app()
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        else:
+            await app(scope, receive, send)
+
+    return asgi
+
+
+async def serve(
+    server: Server,
+    bind: str | Iterable[str],
+    *,
+    shutdown_trigger: Callable[[], Any] | None,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """Serve ``server`` until the trigger returns or the call is cancelled, then drain."""
+    config = hypercorn_config(bind)
+    http_stop = trio.Event()
+
+    async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        # Shielded: the HTTP server must outlive a cancelled serve() long enough
+        # to answer the sync callers whose jobs the drain is cancelling.
+        with trio.CancelScope(shield=True):
+            await hypercorn_serve(
+                without_lifespan(server),
+                config,
+                shutdown_trigger=http_stop.wait,
+                task_status=task_status,
+            )
+
+    async with (
+        server._open_runtime() as runtime,
+        open_quart(server._app()),
+        trio.open_nursery() as nursery,
+    ):
+        binds: list[str] = await nursery.start(serve_http)
+        logger.info("server %r listening on %s", server.name, ", ".join(binds))
+        task_status.started(binds)
+        try:
+            if shutdown_trigger is None:
+                await trio.sleep_forever()
+            else:
+                await shutdown_trigger()
+        finally:
+            await runtime.drain()
+            http_stop.set()
+
+
+def run(server: Server, bind: str | Iterable[str]) -> None:
+    """Serve until SIGINT/SIGTERM (blocking); a bad configuration exits with status 2."""
+    try:
+        server.validate()
+    except ConfigError as exc:
+        print(f"funtask: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def wait_for_signal() -> None:
+                async for signum in signals:
+                    logger.info("received %s, shutting down", signal.Signals(signum).name)
+                    return
+
+            await server.serve(bind, shutdown_trigger=wait_for_signal)
+
+    trio.run(main)

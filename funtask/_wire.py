@@ -1,0 +1,81 @@
+"""The JSON shapes of the wire protocol: job responses and history entries."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Final
+
+from ._duration import duration_ms, format_duration
+from ._result import Result
+
+__all__ = ["FinishedJob", "dumps", "finished_job", "rfc3339"]
+
+_encoder: Final = json.JSONEncoder(
+    allow_nan=False, ensure_ascii=False, separators=(",", ":"), check_circular=True
+)
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise ``obj`` as strict, compact UTF-8 JSON (no NaN or infinities)."""
+    return _encoder.encode(obj).encode("utf-8")
+
+
+def rfc3339(wall: float) -> str:
+    """Format a wall-clock timestamp as RFC 3339 in UTC with a ``Z``."""
+    moment = datetime.fromtimestamp(wall, timezone.utc)
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """A finished job's result as stored in history and sent to callers."""
+
+    task: str
+    job_id: str
+    result: Result
+    duration: str
+    finished_at: float  # wall clock, seconds since the epoch
+    response: dict[str, Any]  # the job response document
+    body: bytes  # ``response`` serialised once
+    entry: dict[str, Any]  # the /health history entry
+
+    @property
+    def success(self) -> bool:
+        """Whether the job succeeded."""
+        return self.result.success
+
+
+def finished_job(
+    task: str, job_id: str, result: Result, duration: float, *, finished_at: float | None = None
+) -> FinishedJob | None:
+    """Build the stored record of a result, or None when its data cannot be serialised."""
+    wall = time.time() if finished_at is None else finished_at
+    text = format_duration(duration)
+    response: dict[str, Any] = {"jobId": job_id, "success": result.success}
+    entry: dict[str, Any] = {"jobId": job_id, "success": result.success}
+    if result.success and result.message:
+        response["message"] = entry["message"] = result.message
+    response["duration"] = entry["duration"] = text
+    response["durationMs"] = duration_ms(duration)
+    if result.success:
+        if result.data:
+            response["data"] = dict(result.data)
+    else:
+        error: dict[str, Any] = {"code": result.error_code, "message": result.message}
+        if result.last_step:
+            error["step"] = result.last_step
+        response["error"] = error
+        entry["error"] = result.error_code
+        entry["message"] = result.message
+        if result.last_step:
+            entry["step"] = result.last_step
+    entry["finished"] = rfc3339(wall)
+    try:
+        body = dumps(response)
+    except (TypeError, ValueError, RecursionError, OverflowError):
+        return None
+    return FinishedJob(task, job_id, result, text, wall, response, body, entry)

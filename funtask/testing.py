@@ -1,0 +1,95 @@
+"""Helpers for testing tasks and whole servers.
+
+- :func:`make_run` and :func:`make_params` call a task function directly.
+- :func:`open_test_client` runs a whole server in the current Trio run and
+  talks to it in-process, so a test under
+  ``trio.testing.MockClock(autojump_threshold=0)`` drives every timeout in
+  virtual time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+
+from ._app import open_quart
+from ._asgi_client import ASGIStreamTransport
+from ._params import Params
+from ._run import Run
+from ._server import Server
+from ._serving import without_lifespan
+
+__all__ = ["make_params", "make_raw_params", "make_run", "open_test_client"]
+
+
+def make_run(task: str = "test", job_id: str = "test-job") -> Run:
+    """Return a :class:`funtask.Run` for calling a task directly; it records every step.
+
+    Steps are logged at INFO on ``funtask.task``. To test cancellation, run
+    the task in your own cancel scope (``with trio.move_on_after(...)``).
+    """
+    return Run(task, job_id, max_steps=None, step_log_level=logging.INFO)
+
+
+def _json_value(value: Any, path: str) -> Any:
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"params{path} is {value!r}, which JSON cannot carry")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        result = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"params{path} has a non-str key {key!r}")
+            result[key] = _json_value(item, f"{path}[{key!r}]")
+        return result
+    raise TypeError(f"params{path} is a {type(value).__name__}, which JSON cannot carry")
+
+
+def make_params(mapping: Mapping[str, Any] | None = None) -> Params:
+    """Return :class:`funtask.Params` for ``mapping``, as a JSON body would deliver it.
+
+    Raises:
+        TypeError: a value JSON cannot carry (a set, an object, NaN, a non-str key).
+    """
+    return Params(_json_value(dict(mapping or {}), ""))
+
+
+def make_raw_params(mapping: Mapping[str, Any] | None = None) -> Params:
+    """Return :class:`funtask.Params` for ``mapping`` without any checks (to test bad input)."""
+    return Params(mapping)
+
+
+@asynccontextmanager
+async def open_test_client(
+    server: Server, *, authorized: bool = True, base_url: str = "http://funtask.test"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``server`` in the current Trio run and yield an in-process ``httpx.AsyncClient``.
+
+    The server's lifespan (its nursery, jobs and shutdown sequence) runs
+    around the block; requests stream, so ``/events`` works, and a cancelled
+    request reaches the server as a client disconnect. With ``authorized``
+    the client sends the server's first token as ``Authorization: Bearer``.
+    Leaving the block drains the server as a shutdown would.
+    """
+    async with trio.open_nursery() as requests:
+        async with server._open_runtime() as runtime, open_quart(server._app()):
+            transport = ASGIStreamTransport(without_lifespan(server), requests)
+            headers = {}
+            if authorized and runtime.tokens:
+                headers["Authorization"] = "Bearer " + runtime.tokens[0].decode("utf-8")
+            async with httpx.AsyncClient(
+                transport=transport, base_url=base_url, headers=headers
+            ) as client:
+                yield client
+        requests.cancel_scope.cancel()
