@@ -28,11 +28,11 @@ from ._tasks import TaskDef as TaskDef
 __version__ = "0.1.0"
 
 __all__ = [
-    "MISSING",
     "ConfigError",
     "ErrorCoder",
     "FuntaskError",
     "JobCancelled",
+    "MISSING",
     "ParamError",
     "ParamReader",
     "Params",

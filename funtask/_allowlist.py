@@ -19,9 +19,9 @@ normalised:
 The normalised URL is the one the library calls.  A callback URL is allowed when
 its scheme, host and port equal an entry's and, when the entry has a path
 prefix, its path equals the prefix or continues it after a ``/``.  As a defence
-against servers that decode ``%2F``/``%5C``, strip ``;`` parameters or apply
-Unicode normalisation before routing, a path under a prefix is also refused if
-such an interpretation of it would resolve outside the prefix.
+against servers that decode ``%2F``/``%5C``, strip ``;`` parameters, merge ``//``
+or apply Unicode normalisation before routing, a path under a prefix is also
+refused if such a reading of it contains a dot segment or leaves the prefix.
 """
 
 from __future__ import annotations
@@ -124,11 +124,13 @@ class Origin:
             return True
         if not _under_prefix(parsed.path, prefix):
             return False
-        strict_prefix = _strict_path(prefix)
-        if strict_prefix is None or strict_prefix == "/":
-            return True
-        strict = _strict_path(parsed.path)
-        return strict is not None and _under_prefix(strict, strict_prefix.rstrip("/"))
+        # The normalised path has no dot segments; one that appears under a lenient reading
+        # (decoded %2F or %2E, "..;", fullwidth dots, ...) is an attempt to escape the prefix.
+        segments = _lenient_segments(parsed.path)
+        if segments is None or any(segment in (".", "..") for segment in segments):
+            return False
+        prefix_segments = _lenient_segments(prefix)
+        return prefix_segments is None or segments[: len(prefix_segments)] == prefix_segments
 
 
 def _origin_string(scheme: str, host: str, port: int | None) -> str:
@@ -239,26 +241,24 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(output)
 
 
-def _strict_path(path: str) -> str | None:
-    """Return ``path`` as a lenient server might route it, or ``None`` if it cannot be decided.
+def _lenient_segments(path: str) -> list[str] | None:
+    """Return the non-empty segments of ``path`` as a lenient server might see them.
 
-    Percent-escapes are decoded (repeatedly), the result NFKC-normalised, ``\\`` treated
-    as ``/``, ``;`` parameters stripped from each segment, empty segments merged (as servers
-    that collapse ``//`` do) and dot segments resolved.
+    Percent-escapes are decoded and the text NFKC-normalised until stable, ``\\`` is
+    treated as ``/``, ``;`` parameters are stripped from each segment and empty segments
+    are dropped (as servers that merge ``//`` do).  ``None`` means "cannot be decided"
+    (too many layers of encoding).
     """
     decoded = path
     for _ in range(_MAX_DECODE_ROUNDS):
-        again = urllib.parse.unquote(decoded, errors="replace")
+        again = unicodedata.normalize("NFKC", urllib.parse.unquote(decoded, errors="replace"))
         if again == decoded:
             break
         decoded = again
     else:
         return None
-    decoded = unicodedata.normalize("NFKC", decoded).replace("\\", "/")
-    if not decoded.startswith("/"):
-        return None
-    segments = (segment.partition(";")[0] for segment in decoded.split("/"))
-    return _remove_dot_segments("/" + "/".join(segment for segment in segments if segment))
+    segments = (segment.partition(";")[0] for segment in decoded.replace("\\", "/").split("/"))
+    return [segment for segment in segments if segment]
 
 
 def _parse(url: str) -> _Parsed:

@@ -70,7 +70,11 @@ class Server:
             raise TypeError(f"name must be a str, not {name!r}")
         self.name = name
         self.settings = Settings(
-            auth_token=auth_token,
+            auth_token=(
+                auth_token
+                if auth_token is None or isinstance(auth_token, str)
+                else tuple(auth_token)
+            ),
             dead_letter_dir=dead_letter_dir,
             callback_allowlist=(
                 callback_allowlist
@@ -143,7 +147,6 @@ class Server:
     def task(
         self,
         name: str | None = None,
-        /,
         *,
         description: str = "",
         example: Mapping[str, Any] | None = None,
@@ -152,21 +155,20 @@ class Server:
 
     def task(
         self,
-        name_or_fn: Any = None,
-        /,
+        name: Any = None,
         *,
         description: str = "",
         example: Mapping[str, Any] | None = None,
         keep_results: int | None = None,
     ) -> Any:
         """Decorator registering a task; usable bare (``@server.task``) or with options."""
-        if callable(name_or_fn):
-            self.add_task(None, name_or_fn)
-            return name_or_fn
+        if callable(name):
+            self.add_task(None, name)
+            return name
 
         def decorate(fn: _F) -> _F:
             self.add_task(
-                name_or_fn,
+                name,
                 fn,
                 description=description,
                 example=example,

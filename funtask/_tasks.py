@@ -37,6 +37,8 @@ def is_async_callable(fn: object) -> bool:
         fn = fn.func
     if inspect.iscoroutinefunction(fn):
         return True
+    if inspect.isclass(fn):
+        return False
     call = getattr(fn, "__call__", None)  # noqa: B004
     return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
 
