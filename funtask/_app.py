@@ -31,6 +31,7 @@ __all__ = ["create_app", "json_response", "open_quart"]
 logger: Final = logging.getLogger("funtask.http")
 
 _JSON: Final = "application/json"
+_ALL_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _BEARER: Final = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +(.*)")
 
 
@@ -242,7 +243,7 @@ def create_app(server: Server) -> QuartTrio:
     app.add_url_rule("/livez", "livez", api.livez, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])
     for index, handler in enumerate(server._handlers):
-        methods = [handler.method] if handler.method else None
+        methods = [handler.method] if handler.method else list(_ALL_METHODS)
         rule = _go_path(handler.path)
         assert handler.view is not None and rule not in RESERVED_PATHS
         app.add_url_rule(rule, f"handler_{index}", handler.view, methods=methods)
