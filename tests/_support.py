@@ -31,3 +31,14 @@ def build_server(dead_letter_dir: Path, **config: Any) -> funtask.Server:
         return funtask.ok("slept")
 
     return server
+
+
+async def wait_until(predicate: Any, *, interval: float = 0.01) -> None:
+    """Poll ``predicate`` (sync or async) until it is true, sleeping ``interval`` between tries."""
+    while True:
+        outcome = predicate()
+        if hasattr(outcome, "__await__"):
+            outcome = await outcome
+        if outcome:
+            return
+        await trio.sleep(interval)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from _support import build_server
+from _support import build_server, wait_until
 from quart import jsonify
 from trio.testing import MockClock
 
@@ -193,8 +193,7 @@ async def test_asgi_app_serves_between_startup_and_shutdown(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server, {"type": "lifespan"}, receive, send)
-        while not sent:
-            await trio.sleep(0.01)
+        await wait_until(lambda: sent)
         assert sent == [{"type": "lifespan.startup.complete"}]
         transport = ASGIStreamTransport(server, nursery)
         async with httpx.AsyncClient(

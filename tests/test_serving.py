@@ -9,12 +9,13 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from _support import TOKEN, build_server
+from _support import TOKEN, build_server, wait_until
 
 import funtask
 
@@ -58,15 +59,16 @@ async def test_serve_cancelled_sync_caller_gets_cancelled_result(tmp_path: Path)
                 results.append(await client.post("/run/sleeper", json={"jobId": "s"}))
 
             nursery.start_soon(call)
+
+            async def sleeper_running() -> bool:
+                health = (await client.get("/health")).json()
+                return bool(health["tasks"]["sleeper"]["status"] == "running")
+
             with trio.fail_after(STARTUP_LIMIT):
-                while (await client.get("/health")).json()["tasks"]["sleeper"][
-                    "status"
-                ] != "running":
-                    await trio.sleep(0.01)
+                await wait_until(sleeper_running)
             stop.set()
             with trio.fail_after(STARTUP_LIMIT):
-                while not results:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: results)
     assert results[0].status_code == 200
     assert results[0].json()["error"]["message"] == "job cancelled: server shutting down"
 
@@ -93,14 +95,14 @@ async def worker_process(
     url = ""
     async with trio.open_nursery() as nursery:
         process = await nursery.start(
-            lambda task_status: trio.run_process(
+            partial(
+                trio.run_process,
                 args,
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 check=False,
-                task_status=task_status,
             )
         )
 
