@@ -157,11 +157,11 @@ class HttpApi:
                 await job.finished.wait()
         except trio.Cancelled:
             job.cancel(REASON_DISCONNECT)
-            runtime.result_unsent(job)
+            runtime.result_unsent(job, "client disconnected")
             raise
         if job.record is None:
             job.cancel(REASON_SYNC_TIMEOUT)
-            runtime.result_unsent(job)
+            runtime.result_unsent(job, "sync timeout")
             return error_response(
                 f"Sync mode timeout exceeded ({format_duration(runtime.sync_timeout)}). "
                 "Use callbackUrl for long-running tasks.",

@@ -8,13 +8,10 @@ nursery, and turns whatever happened into exactly one finished record.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Final
 
@@ -27,6 +24,7 @@ from ._params import Params
 from ._result import Result, fail, fail_from_error
 from ._run import Run
 from ._tasks import TaskDef
+from ._threads import hold_mock_clock
 from ._wire import FinishedJob, finished_job
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -71,7 +69,8 @@ class Job:
         self.cancel_reason: str | None = None
         self.finished = trio.Event()
         self.record: FinishedJob | None = None
-        self.unsent = False  # a sync caller will not receive the result
+        self.unsent: str | None = None  # why a sync caller will not receive the result
+        self.settled = False  # the result has been handed on (delivery or dead letter)
         self.delivery_stopped = False
         self.delivery_scope: trio.CancelScope | None = None
         self.thread_scope: trio.CancelScope | None = None
@@ -102,35 +101,6 @@ class TaskSlot:
             if record.job_id == job_id:
                 return record
         return None
-
-
-_clock_holds: weakref.WeakKeyDictionary[trio.testing.MockClock, tuple[int, float]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-@contextmanager
-def _hold_mock_clock() -> Iterator[None]:
-    """Stop an autojump MockClock from jumping while a worker thread runs.
-
-    The Trio loop looks idle while a thread works; without this, virtual time
-    would race ahead into spurious timeouts.
-    """
-    clock = trio.lowlevel.current_clock()
-    if not isinstance(clock, trio.testing.MockClock):
-        yield
-        return
-    count, saved = _clock_holds.get(clock, (0, clock.autojump_threshold))
-    _clock_holds[clock] = (count + 1, saved)
-    clock.autojump_threshold = math.inf
-    try:
-        yield
-    finally:
-        count, saved = _clock_holds.pop(clock)
-        if count > 1:
-            _clock_holds[clock] = (count - 1, saved)
-        else:
-            clock.autojump_threshold = saved
 
 
 class _Outcome:
@@ -243,7 +213,9 @@ class JobRunner:
                 if rest is None:
                     raise
                 outcome.error = _collapse(rest)
-            except (Exception, SystemExit) as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # whatever the task does becomes a result
                 outcome.error = exc
         return self._judge(job, outcome)
 
@@ -261,7 +233,7 @@ class JobRunner:
             finally:
                 job.run._mark_cancelled()
 
-        with _hold_mock_clock():
+        with hold_mock_clock():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_cancellation)
                 # The thread is awaited even when the job is cancelled (cooperative
@@ -321,28 +293,18 @@ def _cancelled(job: Job) -> Result:
 
 
 def _serialise(job: Job, result: Result, duration: float) -> FinishedJob:
-    record = finished_job(job.task.name, job.job_id, result, duration)
-    if record is None:
-        job.run.log.error("result could not be serialized", exc_info=True)
-        record = finished_job(
-            job.task.name,
-            job.job_id,
-            replace(
-                fail("result_serialization_failed", "result could not be serialized"),
-                last_step=result.last_step,
-            ),
-            duration,
-        )
-    elif len(record.body) > MAX_RESULT_SIZE:
+    try:
+        record = finished_job(job.task.name, job.job_id, result, duration)
+    except (TypeError, ValueError, RecursionError, OverflowError) as exc:
+        job.run.log.error("result could not be serialized", exc_info=exc)
+        failure = fail("result_serialization_failed", "result could not be serialized")
+        return finished_job(job.task.name, job.job_id, _with_step(failure, result), duration)
+    if len(record.body) > MAX_RESULT_SIZE:
         job.run.log.error("result of %d bytes exceeds the maximum size", len(record.body))
-        record = finished_job(
-            job.task.name,
-            job.job_id,
-            replace(
-                fail("result_too_large", "result exceeds maximum size (10 MB)"),
-                last_step=result.last_step,
-            ),
-            duration,
-        )
-    assert record is not None
+        failure = fail("result_too_large", "result exceeds maximum size (10 MB)")
+        return finished_job(job.task.name, job.job_id, _with_step(failure, result), duration)
     return record
+
+
+def _with_step(failure: Result, original: Result) -> Result:
+    return replace(failure, last_step=original.last_step[:1000])

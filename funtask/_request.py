@@ -11,7 +11,6 @@ __all__ = ["MAX_JOB_ID_LENGTH", "RequestError", "RunRequest", "parse_run_body", 
 
 MAX_JOB_ID_LENGTH: Final = 256  # characters
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
-_FIELDS: Final = {"jobid": "jobId", "callbackurl": "callbackUrl", "params": "params"}
 
 
 class RequestError(ValueError):
@@ -67,7 +66,14 @@ def parse_run_body(body: bytes) -> RunRequest:
         raise RequestError("invalid request body")
     if params is not None and not isinstance(params, dict):
         raise RequestError("invalid request body")
-    return RunRequest(job_id or None, callback_url or None, params or {})
+    return RunRequest(_scrub(job_id) or None, callback_url or None, params or {})
+
+
+def _scrub(text: str | None) -> str | None:
+    """Replace lone surrogates (from ``\\ud800`` escapes) with U+FFFD, as Go's decoder does."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def validate_job_id(job_id: str) -> bool:

@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
+import httpx
 import trio
 
 from ._allowlist import Allowlist
+from ._callbacks import CallbackSender, Delivery
 from ._changes import ChangeNotifier
 from ._config import to_seconds
 from ._duration import format_duration_seconds
 from ._jobs import REASON_SHUTDOWN, Job, JobRunner, TaskSlot
 from ._result import fail
+from ._signing import signing_key
 from ._wire import FinishedJob, dumps, rfc3339
 
 if TYPE_CHECKING:
@@ -30,7 +33,9 @@ logger: Final = logging.getLogger("funtask.server")
 class Runtime:
     """Everything that exists only while a server is serving."""
 
-    def __init__(self, server: Server, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, server: Server, nursery: trio.Nursery, callback_client: httpx.AsyncClient
+    ) -> None:
         settings = server.settings
         self.server = server
         self.name = server.name
@@ -56,9 +61,21 @@ class Runtime:
             on_change=self.notifier.bump,
             on_finished=self._after_job,
         )
+        self.drain_started = trio.Event()
+        secret = settings.callback_signing_secret
+        self.delivery = Delivery(
+            CallbackSender(
+                callback_client,
+                timeout=self.callback_timeout,
+                signing_key=None if secret is None else signing_key(secret),
+            ),
+            dead_letter_dir=self.dead_letter_dir or "",
+            retries=settings.callback_retries,
+            drain_started=self.drain_started,
+        )
         self.started_at = trio.current_time()
         self.draining = False
-        self._health_cache: tuple[int, int, bytes] | None = None
+        self._health_cache: tuple[tuple[int, str], bytes] | None = None
 
     # -- auth -------------------------------------------------------------
 
@@ -74,16 +91,26 @@ class Runtime:
     # -- jobs -------------------------------------------------------------
 
     async def _after_job(self, job: Job, record: FinishedJob) -> None:
+        """Hand a finished job's result on: deliver it, or dead-letter an unsent sync result."""
+        if job.settled:
+            return
+        job.settled = True
         if job.callback_url is not None:
-            logger.warning(
-                "[%s %s] callback delivery is not available yet; result kept in history",
-                job.task.name,
-                job.job_id,
-            )
+            with trio.CancelScope() as job.delivery_scope:
+                if not job.delivery_stopped:
+                    await self.delivery.deliver(
+                        record, job.callback_url, single_attempt=self.draining
+                    )
+        elif job.unsent is not None:
+            await self.delivery.keep_unsent(record, job.unsent)
 
-    def result_unsent(self, job: Job) -> None:
+    def result_unsent(self, job: Job, reason: str) -> None:
         """Note that a sync caller will not receive ``job``'s result (504 or disconnect)."""
-        job.unsent = True
+        if job.unsent is not None:
+            return
+        job.unsent = reason
+        if job.settled and job.record is not None:
+            self.nursery.start_soon(self.delivery.keep_unsent, job.record, reason)
 
     def stop_delivery(self, job: Job) -> None:
         """End the callback retry schedule of a finished job (``/stop`` during delivery)."""
@@ -147,17 +174,14 @@ class Runtime:
 
     def health_body(self) -> bytes:
         """The ``/health`` document serialised, cached per change and per second."""
-        now = trio.current_time()
-        key = (self.notifier.version, int(now - self.started_at))
+        uptime = format_duration_seconds(trio.current_time() - self.started_at)
+        key = (self.notifier.version, uptime)
         cache = self._health_cache
-        if cache is not None and cache[:2] == key and not self._any_running():
-            return cache[2]
+        if cache is not None and cache[0] == key and not self.runner.jobs():
+            return cache[1]
         body = dumps(self.health())
-        self._health_cache = (key[0], key[1], body)
+        self._health_cache = (key, body)
         return body
-
-    def _any_running(self) -> bool:
-        return any(slot.current is not None for slot in self.slots.values())
 
     # -- readiness --------------------------------------------------------
 
@@ -195,22 +219,33 @@ class Runtime:
         """Run the shutdown sequence; returns once no job or delivery is left."""
         with trio.CancelScope(shield=True):
             self.begin_draining()
+            self.drain_started.set()
             with trio.move_on_after(self.shutdown_timeout):
                 seen = self.notifier.version
                 while self.runner.jobs():
                     seen = await self.notifier.wait_for_change(seen)
-            for job in self.runner.jobs():
-                slot = self.slots[job.task.name]
-                if job.record is None:
-                    job.run.log.warning("job still running after the shutdown timeout")
-                    self.runner.finish(
-                        slot, job, fail("worker_shutdown", "server is shutting down")
-                    )
+            stuck = self.runner.jobs()
+            async with trio.open_nursery() as nursery:
+                for job in stuck:
+                    if job.delivery_scope is not None:
+                        job.delivery_scope.cancel()
+                    if job.record is None:
+                        nursery.start_soon(self._shut_down_job, job)
+            for job in stuck:
                 if job.thread_scope is not None:
                     job.thread_scope.cancel()  # abandon a thread that ignores cancellation
                 job.scope.cancel()
-                if job.delivery_scope is not None:
-                    job.delivery_scope.cancel()
+
+    async def _shut_down_job(self, job: Job) -> None:
+        """Settle a job still running after the shutdown timeout as ``worker_shutdown``."""
+        job.run.log.warning("job still running after the shutdown timeout")
+        slot = self.slots[job.task.name]
+        record = self.runner.finish(slot, job, fail("worker_shutdown", "server is shutting down"))
+        job.settled = True
+        if job.callback_url is not None:
+            await self.delivery.deliver(record, job.callback_url, single_attempt=True)
+        else:
+            await self.delivery.keep_unsent(record, "server shut down while the job was running")
 
 
 def _seconds(value: Any) -> float:
@@ -220,10 +255,17 @@ def _seconds(value: Any) -> float:
 
 
 @asynccontextmanager
-async def open_runtime(server: Server) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    server: Server, *, callback_transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[Runtime]:
     """Open the server's nursery and runtime; drain and close them on exit."""
-    async with trio.open_nursery() as nursery:
-        runtime = Runtime(server, nursery)
+    async with (
+        httpx.AsyncClient(
+            transport=callback_transport, follow_redirects=False, timeout=None
+        ) as callback_client,
+        trio.open_nursery() as nursery,
+    ):
+        runtime = Runtime(server, nursery, callback_client)
         async with trio.open_nursery() as jobs_nursery:
             runtime.runner.nursery = jobs_nursery
             async with AsyncExitStack() as stack:

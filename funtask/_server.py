@@ -27,6 +27,8 @@ from ._tasks import TaskDef, TaskFunction, task_name_problem
 
 if TYPE_CHECKING:
     import os
+
+    import httpx
     from datetime import timedelta
 
     from ._runtime import Runtime
@@ -239,13 +241,15 @@ class Server:
     # -- serving ----------------------------------------------------------
 
     @asynccontextmanager
-    async def _open_runtime(self) -> AsyncIterator[Runtime]:
+    async def _open_runtime(
+        self, *, callback_transport: httpx.AsyncBaseTransport | None = None
+    ) -> AsyncIterator[Runtime]:
         from ._runtime import open_runtime
 
         if self._runtime is not None:
             raise RuntimeError(f"server {self.name!r} is already running")
         self.validate()
-        async with open_runtime(self) as runtime:
+        async with open_runtime(self, callback_transport=callback_transport) as runtime:
             self._runtime = runtime
             try:
                 yield runtime

@@ -19,8 +19,12 @@ _encoder: Final = json.JSONEncoder(
 
 
 def dumps(obj: Any) -> bytes:
-    """Serialise ``obj`` as strict, compact UTF-8 JSON (no NaN or infinities)."""
-    return _encoder.encode(obj).encode("utf-8")
+    """Serialise ``obj`` as strict, compact UTF-8 JSON (no NaN or infinities).
+
+    A lone surrogate (which UTF-8 cannot carry) is written as its ``\\uXXXX``
+    escape, which is what it would be in ASCII JSON.
+    """
+    return _encoder.encode(obj).encode("utf-8", "backslashreplace")
 
 
 def rfc3339(wall: float) -> str:
@@ -51,8 +55,12 @@ class FinishedJob:
 
 def finished_job(
     task: str, job_id: str, result: Result, duration: float, *, finished_at: float | None = None
-) -> FinishedJob | None:
-    """Build the stored record of a result, or None when its data cannot be serialised."""
+) -> FinishedJob:
+    """Build the stored record of a result.
+
+    Raises:
+        TypeError, ValueError, RecursionError: the result's data cannot be serialised.
+    """
     wall = time.time() if finished_at is None else finished_at
     text = format_duration(duration)
     response: dict[str, Any] = {"jobId": job_id, "success": result.success}
@@ -74,8 +82,5 @@ def finished_job(
         if result.last_step:
             entry["step"] = result.last_step
     entry["finished"] = rfc3339(wall)
-    try:
-        body = dumps(response)
-    except (TypeError, ValueError, RecursionError, OverflowError):
-        return None
+    body = dumps(response)
     return FinishedJob(task, job_id, result, text, wall, response, body, entry)

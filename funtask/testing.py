@@ -72,7 +72,11 @@ def make_raw_params(mapping: Mapping[str, Any] | None = None) -> Params:
 
 @asynccontextmanager
 async def open_test_client(
-    server: Server, *, authorized: bool = True, base_url: str = "http://funtask.test"
+    server: Server,
+    *,
+    authorized: bool = True,
+    base_url: str = "http://funtask.test",
+    callback_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """Run ``server`` in the current Trio run and yield an in-process ``httpx.AsyncClient``.
 
@@ -81,9 +85,16 @@ async def open_test_client(
     request reaches the server as a client disconnect. With ``authorized``
     the client sends the server's first token as ``Authorization: Bearer``.
     Leaving the block drains the server as a shutdown would.
+
+    ``callback_transport`` (e.g. ``httpx.MockTransport`` or
+    a transport to an in-process ASGI receiver) receives the server's callback POSTs
+    instead of the network.
     """
     async with trio.open_nursery() as requests:
-        async with server._open_runtime() as runtime, open_quart(server._app()):
+        async with (
+            server._open_runtime(callback_transport=callback_transport) as runtime,
+            open_quart(server._app()),
+        ):
             transport = ASGIStreamTransport(without_lifespan(server), requests)
             headers = {}
             if authorized and runtime.tokens:

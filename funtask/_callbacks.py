@@ -1,0 +1,230 @@
+"""Callback delivery: dead letter first, then POST with retries on Trio's clock.
+
+This layer knows nothing of HTTP routes: it is handed a finished result and
+a callback URL. The order is the spec's: write the dead letter (the safety
+net) before the first attempt, delete it after a 2xx, keep it (with the
+attempt count and last error) after the final failure.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from ._allowlist import redact_url
+from ._deadletters import remove_dead_letter, update_dead_letter, write_dead_letter
+from ._duration import format_duration
+from ._signing import signature_headers
+from ._wire import FinishedJob, rfc3339
+
+__all__ = ["RETRY_DELAYS", "AttemptOutcome", "CallbackSender", "Delivery", "retry_delay"]
+
+logger: Final = logging.getLogger("funtask.callbacks")
+
+RETRY_DELAYS: Final = (1.0, 5.0, 15.0, 60.0, 120.0)  # seconds before attempts 2, 3, ...
+MAX_RETRY_DELAY: Final = 120.0  # seconds; also the cap on Retry-After
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What one POST achieved."""
+
+    delivered: bool
+    error: str = ""
+    retry_after: float | None = None  # seconds the receiver asked us to wait
+
+
+def retry_delay(failed_attempts: int, retry_after: float | None) -> float:
+    """Seconds to wait after ``failed_attempts`` attempts, honouring a capped Retry-After."""
+    index = min(failed_attempts, len(RETRY_DELAYS)) - 1
+    delay = RETRY_DELAYS[index]
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_DELAY))
+    return delay
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None or moment.tzinfo is None:
+        return None
+    seconds = moment.timestamp() - time.time()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+class CallbackSender:
+    """Makes single callback attempts with the server's shared httpx client."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, *, timeout: float, signing_key: bytes | None
+    ) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.signing_key = signing_key
+
+    async def attempt(self, url: str, body: bytes, message_id: str) -> AttemptOutcome:
+        """POST ``body`` to ``url`` once; any 2xx is success, redirects are failures."""
+        headers = {"Content-Type": "application/json"}
+        if self.signing_key is not None:
+            headers.update(signature_headers(self.signing_key, message_id, int(time.time()), body))
+        response: httpx.Response | None = None
+        with trio.move_on_after(self.timeout):
+            try:
+                response = await self.client.post(url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                return AttemptOutcome(False, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            except OSError as exc:
+                return AttemptOutcome(False, f"{type(exc).__name__}: {exc}")
+        if response is None:
+            return AttemptOutcome(False, f"timed out after {format_duration(self.timeout)}")
+        if 200 <= response.status_code < 300:
+            return AttemptOutcome(True)
+        retry_after = None
+        if response.status_code in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return AttemptOutcome(False, f"HTTP {response.status_code}", retry_after)
+
+
+class Delivery:
+    """Delivers finished results to callback URLs, dead-lettering each one first."""
+
+    def __init__(
+        self,
+        sender: CallbackSender,
+        *,
+        dead_letter_dir: str,
+        retries: int,
+        drain_started: trio.Event,
+        on_attempt: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.sender = sender
+        self.dead_letter_dir = dead_letter_dir
+        self.retries = retries
+        self.drain_started = drain_started
+        self._on_attempt = on_attempt
+
+    async def deliver(self, record: FinishedJob, url: str, *, single_attempt: bool) -> bool:
+        """Dead-letter ``record``, then POST it to ``url`` until a 2xx or the retries run out.
+
+        Returns whether it was delivered. Cancelling the caller's scope (``/stop``
+        during delivery) ends the schedule; the dead letter stays for replay.
+        """
+        log = logger
+        meta = _meta(record, url, attempts=0, last_error="")
+        try:
+            path = await write_dead_letter(
+                self.dead_letter_dir, record.job_id, record.response, meta
+            )
+        except OSError:
+            log.error(
+                "[%s %s] cannot write the dead letter; callback NOT attempted",
+                record.task,
+                record.job_id,
+                exc_info=True,
+            )
+            return False
+        message_id = f"{quote(record.job_id, safe='')}.{uuid.uuid4().hex[:16]}"
+        attempts = 0
+        outcome = AttemptOutcome(False, "not attempted")
+        try:
+            while True:
+                attempts += 1
+                outcome = await self.sender.attempt(url, record.body, message_id)
+                self._on_attempt()
+                if outcome.delivered:
+                    log.info(
+                        "[%s %s] callback delivered to %s (attempt %d)",
+                        record.task,
+                        record.job_id,
+                        redact_url(url),
+                        attempts,
+                    )
+                    await remove_dead_letter(path)
+                    return True
+                log.warning(
+                    "[%s %s] callback attempt %d to %s failed: %s",
+                    record.task,
+                    record.job_id,
+                    attempts,
+                    redact_url(url),
+                    outcome.error,
+                )
+                if attempts >= self.retries or single_attempt or self.drain_started.is_set():
+                    break
+                # Draining cuts the wait short: the next attempt is made at once, and is the last.
+                with trio.move_on_after(retry_delay(attempts, outcome.retry_after)):
+                    await self.drain_started.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if not outcome.delivered:
+                    meta.update(attempts=attempts, lastError=outcome.error)
+                    await self._keep(path, record, url, meta)
+        return False
+
+    async def _keep(
+        self, path: trio.Path, record: FinishedJob, url: str, meta: dict[str, Any]
+    ) -> None:
+        attempts = meta["attempts"]
+        try:
+            await update_dead_letter(path, meta)
+        except OSError:
+            logger.warning("[%s %s] cannot update the dead letter", record.task, record.job_id)
+        logger.error(
+            "[%s %s] callback to %s not delivered after %d attempt(s); dead letter kept at %s",
+            record.task,
+            record.job_id,
+            redact_url(url),
+            attempts,
+            path,
+        )
+
+    async def keep_unsent(self, record: FinishedJob, reason: str) -> None:
+        """Dead-letter a sync result whose response could not be sent."""
+        meta = _meta(record, "", attempts=0, last_error=reason)
+        try:
+            path = await write_dead_letter(
+                self.dead_letter_dir, record.job_id, record.response, meta
+            )
+        except OSError:
+            logger.error(
+                "[%s %s] cannot dead-letter the unsent result",
+                record.task,
+                record.job_id,
+                exc_info=True,
+            )
+            return
+        logger.warning(
+            "[%s %s] sync result not sent (%s); dead letter at %s",
+            record.task,
+            record.job_id,
+            reason,
+            path,
+        )
+
+
+def _meta(record: FinishedJob, url: str, *, attempts: int, last_error: str) -> dict[str, Any]:
+    return {
+        "task": record.task,
+        "callbackUrl": url,
+        "attempts": attempts,
+        "lastError": last_error,
+        "createdAt": rfc3339(time.time()),
+    }
