@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ._config import RESERVED_PATHS
+from ._dashboard import dashboard_page
 from ._duration import format_duration
 from ._jobs import REASON_DISCONNECT, REASON_STOP, REASON_SYNC_TIMEOUT
 from ._params import Params
@@ -61,6 +62,11 @@ def bearer_token(header: str | None) -> bytes | None:
         return None
     match = _BEARER.fullmatch(header.encode("latin-1", "replace"))
     return match.group(1).strip() if match else None
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags listed in an ``If-None-Match`` header (weak ones compare equal)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
 def _go_path(path: str) -> str:
@@ -208,6 +214,42 @@ class HttpApi:
         """GET /health: server status, per-task progress and result history."""
         return raw_json_response(runtime.health_body())
 
+    async def events(self) -> Response:
+        """GET /events: Server-Sent Events, a health snapshot per change."""
+        runtime = self.runtime
+        if runtime is None:
+            return raw_json_response(_NOT_RUNNING, 503)
+        presented = bearer_token(request.headers.get("Authorization"))
+        if presented is None and "token" in request.args:
+            presented = request.args["token"].encode("utf-8", "surrogateescape")
+        if not runtime.authorized(presented):
+            return raw_json_response(_UNAUTHORIZED, 401)
+        if runtime.draining or runtime.events.closed:
+            return error_response("server is shutting down", 503)
+        if runtime.events.full():
+            return error_response("too many event streams", 503)
+        response = Response(
+            runtime.events.stream(),
+            content_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        response.timeout = None  # streams outlive any response timeout
+        return response
+
+    async def dashboard(self) -> Response:
+        """GET /dashboard: the built-in page (no auth: it asks for the token itself)."""
+        page = dashboard_page()
+        headers = {
+            "ETag": page.etag,
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": page.content_security_policy,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        }
+        if page.etag in _etags(request.headers.get("If-None-Match", "")):
+            return Response(b"", status=304, headers=headers)
+        return Response(page.body, content_type="text/html; charset=utf-8", headers=headers)
+
     async def livez(self) -> Response:
         """GET /livez: always ok."""
         return json_response({"status": "ok"})
@@ -240,6 +282,9 @@ def create_app(server: Server) -> QuartTrio:
         "/result/<path:job_id>", "result", api.guarded(api.get_result), methods=["GET"]
     )
     app.add_url_rule("/health", "health", api.guarded(api.health), methods=["GET"])
+    app.add_url_rule("/events", "events", api.events, methods=["GET"])
+    if server.settings.dashboard:
+        app.add_url_rule("/dashboard", "dashboard", api.dashboard, methods=["GET"])
     app.add_url_rule("/livez", "livez", api.livez, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])
     for index, handler in enumerate(server._handlers):

@@ -15,6 +15,7 @@ import trio
 from ._allowlist import Allowlist
 from ._callbacks import CallbackSender, Delivery
 from ._changes import ChangeNotifier
+from ._events import EventHub
 from ._config import to_seconds
 from ._duration import format_duration_seconds
 from ._jobs import REASON_SHUTDOWN, Job, JobRunner, TaskSlot
@@ -73,6 +74,7 @@ class Runtime:
             retries=settings.callback_retries,
             drain_started=self.drain_started,
         )
+        self.events = EventHub(self, max_clients=settings.max_event_clients)
         self.started_at = trio.current_time()
         self.draining = False
         self._health_cache: tuple[tuple[int, str], bytes] | None = None
@@ -235,6 +237,7 @@ class Runtime:
                 if job.thread_scope is not None:
                     job.thread_scope.cancel()  # abandon a thread that ignores cancellation
                 job.scope.cancel()
+            self.events.close()
 
     async def _shut_down_job(self, job: Job) -> None:
         """Settle a job still running after the shutdown timeout as ``worker_shutdown``."""

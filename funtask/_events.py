@@ -1,0 +1,79 @@
+"""The ``/events`` stream: a health snapshot per change, coalesced per client.
+
+Each stream waits for "the change counter moved since my last frame", then
+sends one fresh snapshot; a burst of progress calls collapses into one frame,
+at most one per client every 50 ms. Snapshots are serialised once per change
+(``Runtime.health_body`` caches them), however many clients listen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["KEEPALIVE_INTERVAL", "MIN_FRAME_INTERVAL", "EventHub"]
+
+KEEPALIVE_INTERVAL: Final = 30.0  # seconds between keepalive comments
+MIN_FRAME_INTERVAL: Final = 0.05  # seconds; at most one frame per client per 50 ms
+KEEPALIVE_FRAME: Final = b": keepalive\n\n"
+
+
+class EventHub:
+    """Counts the open streams and closes them all at shutdown."""
+
+    def __init__(self, runtime: Runtime, *, max_clients: int) -> None:
+        self.runtime = runtime
+        self.max_clients = max_clients
+        self.clients = 0
+        self.closed = False
+        self._waits: set[trio.CancelScope] = set()
+
+    def full(self) -> bool:
+        """Whether another stream would exceed ``max_event_clients``."""
+        return self.clients >= self.max_clients
+
+    def close(self) -> None:
+        """End every stream now and refuse new ones (shutdown)."""
+        self.closed = True
+        for scope in self._waits:
+            scope.cancel()
+
+    def frame(self) -> bytes:
+        """The current health snapshot as one SSE frame."""
+        return b"data: " + self.runtime.health_body() + b"\n\n"
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Yield SSE frames until the client goes away or the server closes the hub."""
+        self.clients += 1
+        notifier = self.runtime.notifier
+        try:
+            seen = notifier.version
+            yield self.frame()
+            last_frame = trio.current_time()
+            while not self.closed:
+                changed = False
+                scope = trio.CancelScope(deadline=trio.current_time() + KEEPALIVE_INTERVAL)
+                self._waits.add(scope)
+                try:
+                    with scope:
+                        seen = await notifier.wait_for_change(seen)
+                        changed = True
+                        # Coalesce: wait out the frame interval, then send the latest state.
+                        await trio.sleep_until(last_frame + MIN_FRAME_INTERVAL)
+                finally:
+                    self._waits.discard(scope)
+                if self.closed:
+                    return
+                if changed:
+                    seen = notifier.version
+                    yield self.frame()
+                    last_frame = trio.current_time()
+                else:
+                    yield KEEPALIVE_FRAME
+        finally:
+            self.clients -= 1
