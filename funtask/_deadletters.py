@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import trio
+
 from ._threads import run_in_thread
 
 __all__ = [

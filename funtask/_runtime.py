@@ -15,9 +15,9 @@ import trio
 from ._allowlist import Allowlist
 from ._callbacks import CallbackSender, Delivery
 from ._changes import ChangeNotifier
-from ._events import EventHub
 from ._config import to_seconds
 from ._duration import format_duration_seconds
+from ._events import EventHub
 from ._jobs import REASON_SHUTDOWN, Job, JobRunner, TaskSlot
 from ._result import fail
 from ._signing import signing_key

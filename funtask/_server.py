@@ -27,9 +27,9 @@ from ._tasks import TaskDef, TaskFunction, task_name_problem
 
 if TYPE_CHECKING:
     import os
+    from datetime import timedelta
 
     import httpx
-    from datetime import timedelta
 
     from ._runtime import Runtime
 
