@@ -1,4 +1,9 @@
-"""Command line: ``python -m funtask serve module:server [--bind HOST:PORT]``."""
+"""Command line.
+
+- ``python -m funtask serve module:server [--bind HOST:PORT]``: serve until SIGTERM.
+- ``python -m funtask dead-letters list DIR``: show what is waiting in a dead-letter dir.
+- ``python -m funtask dead-letters replay DIR (--to URL | --callback-from-file)``: redeliver.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
+
+import trio
 
 from ._server import Server
 
@@ -31,9 +39,9 @@ def load_server(spec: str) -> Server:
     return server
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the ``funtask`` command line."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m funtask")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve module:server over HTTP until SIGTERM")
     serve.add_argument("server", help="the Server to serve, as module:attribute")
@@ -42,11 +50,76 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="append",
         help="address to listen on, HOST:PORT (repeatable; default 127.0.0.1:8080)",
     )
-    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    args = parser.parse_args(argv)
+    letters = commands.add_parser("dead-letters", help="inspect or redeliver dead letters")
+    actions = letters.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list the dead letters in DIR")
+    listing.add_argument("directory")
+    replay = actions.add_parser("replay", help="POST each dead letter once; remove it on 2xx")
+    replay.add_argument("directory")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="URL", help="POST every dead letter to URL")
+    target.add_argument(
+        "--callback-from-file",
+        action="store_true",
+        help="POST each dead letter to the callback URL recorded in it",
+    )
+    replay.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per attempt (default 30)"
+    )
+    replay.add_argument(
+        "--signing-secret-env",
+        metavar="VAR",
+        help="sign with the Standard Webhooks secret in environment variable VAR",
+    )
+    return parser
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from ._replay import format_listing, replay_dead_letters
+
+    if not os.path.isdir(args.directory):
+        print(f"funtask: {args.directory!r} is not a directory", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        text, invalid = format_listing(args.directory)
+        print(text)
+        return 1 if invalid else 0
+    secret = None
+    if args.signing_secret_env:
+        secret = os.environ.get(args.signing_secret_env)
+        if not secret:
+            print(f"funtask: ${args.signing_secret_env} is not set", file=sys.stderr)
+            return 2
+    report = trio.run(
+        partial(
+            replay_dead_letters,
+            args.directory,
+            to=args.to,
+            timeout=args.timeout,
+            signing_secret=secret,
+        )
+    )
+    for path in report.delivered:
+        print(f"delivered\t{path.name}")
+    for path, problem in report.failed:
+        print(f"failed\t{path.name}\t{problem}")
+    for path, problem in report.skipped:
+        print(f"skipped\t{path.name}\t{problem}")
+    print(
+        f"{len(report.delivered)} delivered, {len(report.failed)} failed, "
+        f"{len(report.skipped)} skipped"
+    )
+    return 0 if not report.failed and not report.skipped else 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``funtask`` command line."""
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "dead-letters":
+        raise SystemExit(_dead_letters(args))
     server = load_server(args.server)
     server.run(args.bind or ["127.0.0.1:8080"])
 

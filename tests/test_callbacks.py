@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from _support import build_server, wait_until
 from trio.testing import MockClock
 
 import funtask
 from funtask.testing import open_test_client
+
+from _support import build_server, wait_until
 
 HOOK = "https://hooks.example.com/hooks/done"
 

@@ -27,11 +27,12 @@ import anyio
 import httpx
 import pytest
 import trio
-from _support import TOKEN
 from trio.testing import MockClock
 
 import funtask
 from funtask.testing import open_test_client
+
+from _support import TOKEN
 
 MAX_RESULT_SIZE = 10 * 1024 * 1024
 ALLOW = ["https://hooks.example.com"]

@@ -10,13 +10,14 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from _support import build_server, wait_until
 from quart import jsonify
 from trio.testing import MockClock
 
 import funtask
 from funtask._asgi_client import ASGIStreamTransport
 from funtask.testing import open_test_client
+
+from _support import build_server, wait_until
 
 
 async def test_unknown_path_and_wrong_method(autojump_clock: MockClock, tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import trio
 import trio.lowlevel
-from _support import TOKEN, build_server
 from trio.testing import MockClock
 
 import funtask
 from funtask.testing import open_test_client
+
+from _support import TOKEN, build_server
 
 ALLOW = ["https://hooks.example.com/hooks"]
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from _support import TOKEN, build_server, wait_until
 
 import funtask
+
+from _support import TOKEN, build_server, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,0 +1,154 @@
+"""The command line: ``python -m funtask dead-letters list|replay``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio.testing import MockClock
+
+from funtask.__main__ import main
+from funtask._deadletters import write_dead_letter
+from funtask._replay import replay_dead_letters
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def body(job_id: str, success: bool = True) -> dict[str, Any]:
+    if success:
+        return {"jobId": job_id, "success": True, "message": "ok", "duration": "1s"}
+    return {
+        "jobId": job_id,
+        "success": False,
+        "duration": "1s",
+        "error": {"code": "boom", "message": "it broke"},
+    }
+
+
+def meta(url: str, attempts: int = 5) -> dict[str, Any]:
+    return {
+        "task": "t",
+        "callbackUrl": url,
+        "attempts": attempts,
+        "lastError": "HTTP 500",
+        "createdAt": "2026-01-01T00:00:00Z",
+    }
+
+
+async def fill(directory: Path) -> None:
+    await write_dead_letter(directory, "a", body("a"), meta("https://hooks.example.com/a?s=1"))
+    await write_dead_letter(directory, "b/c", body("b/c", False), meta("https://h.example/b"))
+    await write_dead_letter(directory, "sync", body("sync"), meta("", attempts=0))
+
+
+async def test_replay_removes_only_delivered_letters(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    await fill(tmp_path)
+    received: list[tuple[str, bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        received.append((str(request.url), request.read()))
+        return httpx.Response(500 if "b" in str(request.url) else 204)
+
+    report = await replay_dead_letters(
+        str(tmp_path), to=None, timeout=5, transport=httpx.MockTransport(handler)
+    )
+    assert [p.name for p in report.delivered] == ["a.json"]
+    assert [(p.name, why) for p, why in report.failed] == [("b%2Fc.json", "HTTP 500")]
+    assert [p.name for p, _ in report.skipped] == ["sync.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b%2Fc.json", "sync.json"]
+    urls = {url: json.loads(raw) for url, raw in received}
+    assert urls["https://hooks.example.com/a?s=1"] == body("a")  # deadLetter stripped
+    assert urls["https://h.example/b"] == body("b/c", False)
+
+
+async def test_replay_to_one_url_signs_when_asked(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    await fill(tmp_path)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    report = await replay_dead_letters(
+        str(tmp_path),
+        to="https://replay.example.com/in",
+        timeout=5,
+        signing_secret="s3cret",
+        transport=httpx.MockTransport(handler),
+    )
+    assert len(report.delivered) == 3
+    assert list(tmp_path.iterdir()) == []
+    assert {str(r.url) for r in seen} == {"https://replay.example.com/in"}
+    assert all(r.headers["webhook-signature"].startswith("v1,") for r in seen)
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[bytes]]]:
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            bodies.append(self.rfile.read(length))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", bodies
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_cli_list_and_replay(tmp_path: Path, receiver: tuple[str, list[bytes]]) -> None:
+    trio.run(fill, tmp_path)
+    listing = subprocess.run(
+        [sys.executable, "-m", "funtask", "dead-letters", "list", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert listing.returncode == 0
+    assert "3 dead letter(s)" in listing.stdout
+    assert "jobId='b/c'" in listing.stdout
+    assert "s=1" not in listing.stdout  # query strings are never shown
+    url, bodies = receiver
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dead-letters", "replay", str(tmp_path), "--to", url])
+    assert exit_info.value.code == 0
+    assert sorted(json.loads(b)["jobId"] for b in bodies) == ["a", "b/c", "sync"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_rejects_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dead-letters", "list", str(tmp_path / "nope")])
+    assert exit_info.value.code == 2
+
+
+def test_cli_replay_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dead-letters", "replay", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--to" in capsys.readouterr().err
