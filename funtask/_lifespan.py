@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -11,9 +13,10 @@ from ._app import open_quart
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
+    from ._runtime import Runtime
     from ._server import Server
 
-__all__ = ["serve_lifespan"]
+__all__ = ["drain_on_sigterm", "serve_lifespan"]
 
 logger: Final = logging.getLogger("funtask.server")
 
@@ -25,7 +28,8 @@ async def serve_lifespan(server: Server, receive: Any, send: Any) -> None:
         return
     started = False
     try:
-        async with server._open_runtime(), open_quart(server._app()):
+        async with server._open_runtime() as runtime, open_quart(server._app()):
+            runtime.nursery.start_soon(drain_on_sigterm, runtime)
             await send({"type": "lifespan.startup.complete"})
             started = True
             while (await receive())["type"] != "lifespan.shutdown":
@@ -43,3 +47,24 @@ async def serve_lifespan(server: Server, receive: Any, send: Any) -> None:
     except trio.Cancelled:
         raise
     await send({"type": "lifespan.shutdown.complete"})
+
+
+async def drain_on_sigterm(runtime: Runtime) -> None:
+    """Drain when SIGTERM reaches this worker process itself (ASGI-server mode).
+
+    Under hypercorn the parent process owns the signals and the app hears of a
+    shutdown only through lifespan, after the graceful timeout. When SIGTERM
+    is sent to the worker too (systemd's ``KillMode=control-group``), the
+    default action would kill it with jobs running; instead it drains at once.
+    Afterwards a single-process server (SIGINT not ignored) is asked to stop
+    as Ctrl-C would; a hypercorn worker waits for its parent's shutdown.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            logger.info("server %r received SIGTERM, draining", runtime.name)
+            await runtime.drain()
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                signal.raise_signal(signal.SIGINT)
+            return
