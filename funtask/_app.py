@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from ._config import RESERVED_PATHS
 from ._dashboard import dashboard_page
+from ._openapi import openapi_body
 from ._duration import format_duration
 from ._jobs import REASON_DISCONNECT, REASON_STOP, REASON_SYNC_TIMEOUT
 from ._params import Params
@@ -250,6 +251,11 @@ class HttpApi:
             return Response(b"", status=304, headers=headers)
         return Response(page.body, content_type="text/html; charset=utf-8", headers=headers)
 
+    async def openapi(self) -> Response:
+        """GET /openapi.json: the OpenAPI 3.1 description of this API (no auth, no secrets)."""
+        body = openapi_body(self.server.name, tuple(self.server.tasks))
+        return raw_json_response(body)
+
     async def livez(self) -> Response:
         """GET /livez: always ok."""
         return json_response({"status": "ok"})
@@ -285,6 +291,7 @@ def create_app(server: Server) -> QuartTrio:
     app.add_url_rule("/events", "events", api.events, methods=["GET"])
     if server.settings.dashboard:
         app.add_url_rule("/dashboard", "dashboard", api.dashboard, methods=["GET"])
+    app.add_url_rule("/openapi.json", "openapi", api.openapi, methods=["GET"])
     app.add_url_rule("/livez", "livez", api.livez, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])
     for index, handler in enumerate(server._handlers):
