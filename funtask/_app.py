@@ -17,9 +17,9 @@ from werkzeug.exceptions import HTTPException
 
 from ._config import RESERVED_PATHS
 from ._dashboard import dashboard_page
-from ._openapi import openapi_body
 from ._duration import format_duration
 from ._jobs import REASON_DISCONNECT, REASON_STOP, REASON_SYNC_TIMEOUT
+from ._openapi import openapi_body
 from ._params import Params
 from ._request import RequestError, parse_run_body, validate_job_id
 from ._wire import dumps
