@@ -169,6 +169,8 @@ def _normalize_host(host: str) -> str:
             address = ipaddress.IPv6Address(literal)
         except ValueError:
             raise _InvalidURL("has an invalid host") from None
+        if address.ipv4_mapped is not None:  # one spelling on every Python version
+            return f"[::ffff:{address.ipv4_mapped}]"
         return f"[{address.compressed}]"
     host = host.lower()
     if host.endswith("."):
