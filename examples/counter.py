@@ -30,7 +30,7 @@ import funtask
 
 server = funtask.Server(
     "counter",
-    dashboard=False,
+    dashboard=True,
     callback_allowlist=os.environ.get("COUNTER_CALLBACK_ALLOWLIST", "").split() or (),
 )
 

@@ -112,7 +112,7 @@ class HttpApi:
             return raw_json_response(_DRAINING_RUN, 503)
         slot = runtime.slots.get(task)
         if slot is None:
-            return error_response(f"task {json.dumps(task)} not found", 404)
+            return error_response(f"task {json.dumps(task, ensure_ascii=False)} not found", 404)
         try:
             body = parse_run_body(
                 await request.get_data(cache=False, as_text=False, parse_form_data=False)
@@ -183,7 +183,7 @@ class HttpApi:
         """POST /stop/{task}: cancel the running job, or end its callback retries."""
         slot = runtime.slots.get(task)
         if slot is None:
-            return error_response(f"task {json.dumps(task)} not found", 404)
+            return error_response(f"task {json.dumps(task, ensure_ascii=False)} not found", 404)
         job = slot.current
         if job is None:
             return json_response({"task": task, "message": "No running job"})
