@@ -129,17 +129,8 @@ class Delivery:
         """
         log = logger
         meta = _meta(record, url, attempts=0, last_error="")
-        try:
-            path = await write_dead_letter(
-                self.dead_letter_dir, record.job_id, record.response, meta
-            )
-        except OSError:
-            log.error(
-                "[%s %s] cannot write the dead letter; callback NOT attempted",
-                record.task,
-                record.job_id,
-                exc_info=True,
-            )
+        path = await self._write(record, meta, "callback NOT attempted")
+        if path is None:
             return False
         message_id = f"{quote(record.job_id, safe='')}.{uuid.uuid4().hex[:16]}"
         attempts = 0
@@ -199,17 +190,8 @@ class Delivery:
     async def keep_unsent(self, record: FinishedJob, reason: str) -> None:
         """Dead-letter a sync result whose response could not be sent."""
         meta = _meta(record, "", attempts=0, last_error=reason)
-        try:
-            path = await write_dead_letter(
-                self.dead_letter_dir, record.job_id, record.response, meta
-            )
-        except OSError:
-            logger.error(
-                "[%s %s] cannot dead-letter the unsent result",
-                record.task,
-                record.job_id,
-                exc_info=True,
-            )
+        path = await self._write(record, meta, "the unsent result is lost")
+        if path is None:
             return
         logger.warning(
             "[%s %s] sync result not sent (%s); dead letter at %s",
@@ -218,6 +200,24 @@ class Delivery:
             reason,
             path,
         )
+
+    async def _write(
+        self, record: FinishedJob, meta: dict[str, Any], consequence: str
+    ) -> trio.Path | None:
+        """Write the dead letter; on failure log why (with the jobId) and return None."""
+        try:
+            return await write_dead_letter(
+                self.dead_letter_dir, record.job_id, record.response, meta
+            )
+        except (OSError, ValueError, TypeError):
+            logger.error(
+                "[%s %s] cannot write the dead letter; %s",
+                record.task,
+                record.job_id,
+                consequence,
+                exc_info=True,
+            )
+            return None
 
 
 def _meta(record: FinishedJob, url: str, *, attempts: int, last_error: str) -> dict[str, Any]:
