@@ -247,7 +247,8 @@ class HttpApi:
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
         }
-        if page.etag in _etags(request.headers.get("If-None-Match", "")):
+        tags = _etags(request.headers.get("If-None-Match", ""))
+        if page.etag in tags or "*" in tags:
             return Response(b"", status=304, headers=headers)
         return Response(page.body, content_type="text/html; charset=utf-8", headers=headers)
 

@@ -22,7 +22,8 @@ __all__ = ["hypercorn_config", "run", "serve"]
 
 logger: Final = logging.getLogger("funtask.server")
 
-HTTP_GRACEFUL_TIMEOUT: Final = 5.0  # seconds for in-flight responses after the drain
+HTTP_GRACEFUL_TIMEOUT: Final = 5.0  # seconds; hypercorn's own default grace
+HTTP_FINAL_GRACE: Final = 1.0  # seconds for in-flight responses once the drain is over
 
 
 def hypercorn_config(bind: str | Iterable[str]) -> Config:
@@ -91,6 +92,9 @@ async def serve(
                 await shutdown_trigger()
         finally:
             await runtime.drain()
+            # Jobs are settled and streams closed; what is left is answers being
+            # written and idle keep-alive connections, which need no long grace.
+            config.graceful_timeout = HTTP_FINAL_GRACE
             http_stop.set()
 
 

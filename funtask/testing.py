@@ -90,6 +90,7 @@ async def open_test_client(
     a transport to an in-process ASGI receiver) receives the server's callback POSTs
     instead of the network.
     """
+    server.validate()  # a ConfigError surfaces as itself, not inside an exception group
     async with trio.open_nursery() as requests:
         async with (
             server._open_runtime(callback_transport=callback_transport) as runtime,
