@@ -52,6 +52,18 @@ def error_response(message: str, status: int, **extra: Any) -> Response:
     return json_response({"error": message, **extra}, status)
 
 
+def unread_body_response(response: Response) -> Response:
+    """Close the connection after an answer given before the request body was read.
+
+    The unread body would otherwise be taken for the next request on a
+    keep-alive connection; reading it instead would let anyone make the
+    server read large bodies without a token.
+    """
+    if request.method in ("POST", "PUT", "PATCH"):
+        response.headers["Connection"] = "close"
+    return response
+
+
 _UNAUTHORIZED: Final = b'{"error":"unauthorized"}'
 _NOT_RUNNING: Final = b'{"error":"server is not running (ASGI lifespan not started)"}'
 _DRAINING_RUN: Final = b'{"error":"Server is shutting down"}'
@@ -98,7 +110,7 @@ class HttpApi:
             if runtime is None:
                 return raw_json_response(_NOT_RUNNING, 503)
             if not runtime.authorized(bearer_token(request.headers.get("Authorization"))):
-                return raw_json_response(_UNAUTHORIZED, 401)
+                return unread_body_response(raw_json_response(_UNAUTHORIZED, 401))
             return await view(runtime, **kwargs)
 
         wrapper.__name__ = view.__name__
@@ -109,10 +121,11 @@ class HttpApi:
     async def run_task(self, runtime: Runtime, task: str) -> Response:
         """POST /run/{task}: the checks of SPEC 1 in order, then a sync or async run."""
         if runtime.draining:
-            return raw_json_response(_DRAINING_RUN, 503)
+            return unread_body_response(raw_json_response(_DRAINING_RUN, 503))
         slot = runtime.slots.get(task)
         if slot is None:
-            return error_response(f"task {json.dumps(task, ensure_ascii=False)} not found", 404)
+            message = f"task {json.dumps(task, ensure_ascii=False)} not found"
+            return unread_body_response(error_response(message, 404))
         try:
             body = parse_run_body(
                 await request.get_data(cache=False, as_text=False, parse_form_data=False)
@@ -183,7 +196,8 @@ class HttpApi:
         """POST /stop/{task}: cancel the running job, or end its callback retries."""
         slot = runtime.slots.get(task)
         if slot is None:
-            return error_response(f"task {json.dumps(task, ensure_ascii=False)} not found", 404)
+            message = f"task {json.dumps(task, ensure_ascii=False)} not found"
+            return unread_body_response(error_response(message, 404))
         job = slot.current
         if job is None:
             return json_response({"task": task, "message": "No running job"})
@@ -311,6 +325,8 @@ def create_app(server: Server) -> QuartTrio:
             408: "request timeout",
         }
         response = error_response(messages.get(status, exc.name.lower()), status)
+        if status in (405, 408, 413):
+            unread_body_response(response)
         allowed = getattr(exc, "valid_methods", None)
         if status == 405 and allowed:
             response.headers["Allow"] = ", ".join(allowed)

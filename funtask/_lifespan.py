@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import threading
 from typing import TYPE_CHECKING, Any, Final
@@ -49,6 +50,7 @@ async def serve_lifespan(server: Server, receive: Any, send: Any) -> None:
     await send({"type": "lifespan.shutdown.complete"})
 
 
+@trio.lowlevel.enable_ki_protection
 async def drain_on_sigterm(runtime: Runtime) -> None:
     """Drain when SIGTERM reaches this worker process itself (ASGI-server mode).
 
@@ -56,8 +58,9 @@ async def drain_on_sigterm(runtime: Runtime) -> None:
     shutdown only through lifespan, after the graceful timeout. When SIGTERM
     is sent to the worker too (systemd's ``KillMode=control-group``), the
     default action would kill it with jobs running; instead it drains at once.
-    Afterwards a single-process server (SIGINT not ignored) is asked to stop
-    as Ctrl-C would; a hypercorn worker waits for its parent's shutdown.
+    Afterwards a single-process server is asked to stop as Ctrl-C would (KI
+    protection makes Trio deliver that to the main task, not here); a
+    hypercorn worker process waits for its parent's shutdown.
     """
     if threading.current_thread() is not threading.main_thread():
         return
@@ -65,6 +68,10 @@ async def drain_on_sigterm(runtime: Runtime) -> None:
         async for _ in signals:
             logger.info("server %r received SIGTERM, draining", runtime.name)
             await runtime.drain()
-            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            if multiprocessing.parent_process() is not None:
+                logger.info("drained; waiting for the parent process to stop this worker")
+            elif signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                logger.warning("drained, but SIGINT is ignored: stop the ASGI server yourself")
+            else:
                 signal.raise_signal(signal.SIGINT)
             return
