@@ -244,7 +244,7 @@ class HttpApi:
         if runtime.events.full():
             return error_response("too many event streams", 503)
         response = Response(
-            runtime.events.stream(),
+            runtime.events.open_stream(),
             content_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

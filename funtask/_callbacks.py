@@ -134,7 +134,7 @@ class Delivery:
             return False
         message_id = f"{quote(record.job_id, safe='')}.{uuid.uuid4().hex[:16]}"
         attempts = 0
-        outcome = AttemptOutcome(False, "not attempted")
+        outcome = AttemptOutcome(False, "stopped before the attempt ended")
         try:
             while True:
                 attempts += 1
@@ -148,7 +148,8 @@ class Delivery:
                         redact_url(url),
                         attempts,
                     )
-                    await remove_dead_letter(path)
+                    with trio.CancelScope(shield=True):  # delivered: never leave a copy
+                        await remove_dead_letter(path)
                     return True
                 log.warning(
                     "[%s %s] callback attempt %d to %s failed: %s",

@@ -8,7 +8,7 @@ at most one per client every 50 ms. Snapshots are serialised once per change
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -47,33 +47,67 @@ class EventHub:
         """The current health snapshot as one SSE frame."""
         return b"data: " + self.runtime.health_body() + b"\n\n"
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """Yield SSE frames until the client goes away or the server closes the hub."""
+    def open_stream(self) -> EventStream:
+        """Reserve a client slot now and return the stream that releases it when closed."""
         self.clients += 1
+        return EventStream(self)
+
+    async def _frames(self) -> AsyncGenerator[bytes, None]:
+        """Yield SSE frames until the client goes away or the server closes the hub."""
         notifier = self.runtime.notifier
+        seen = notifier.version
+        yield self.frame()
+        last_frame = trio.current_time()
+        while not self.closed:
+            changed = False
+            scope = trio.CancelScope(deadline=trio.current_time() + KEEPALIVE_INTERVAL)
+            self._waits.add(scope)
+            try:
+                with scope:
+                    seen = await notifier.wait_for_change(seen)
+                    changed = True
+                    # Coalesce: wait out the frame interval, then send the latest state.
+                    await trio.sleep_until(last_frame + MIN_FRAME_INTERVAL)
+            finally:
+                self._waits.discard(scope)
+            if self.closed:
+                return
+            if changed:
+                seen = notifier.version
+                yield self.frame()
+                last_frame = trio.current_time()
+            else:
+                yield KEEPALIVE_FRAME
+
+
+class EventStream:
+    """One client's frames; holds its slot in the hub until closed (or collected unstarted)."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self._hub = hub
+        self._frames = hub._frames()
+        self._released = False
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._hub.clients -= 1
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            seen = notifier.version
-            yield self.frame()
-            last_frame = trio.current_time()
-            while not self.closed:
-                changed = False
-                scope = trio.CancelScope(deadline=trio.current_time() + KEEPALIVE_INTERVAL)
-                self._waits.add(scope)
-                try:
-                    with scope:
-                        seen = await notifier.wait_for_change(seen)
-                        changed = True
-                        # Coalesce: wait out the frame interval, then send the latest state.
-                        await trio.sleep_until(last_frame + MIN_FRAME_INTERVAL)
-                finally:
-                    self._waits.discard(scope)
-                if self.closed:
-                    return
-                if changed:
-                    seen = notifier.version
-                    yield self.frame()
-                    last_frame = trio.current_time()
-                else:
-                    yield KEEPALIVE_FRAME
-        finally:
-            self.clients -= 1
+            return await self._frames.__anext__()
+        except BaseException:
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the stream and free its slot."""
+        self._release()
+        await self._frames.aclose()
+
+    def __del__(self) -> None:
+        # A response that was never sent is never closed: free the slot anyway.
+        self._release()

@@ -12,6 +12,7 @@ import trio
 
 from ._app import open_quart
 from ._errors import ConfigError
+from ._hypercorn_fixes import install_hypercorn_fixes
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -27,6 +28,7 @@ async def serve_lifespan(server: Server, receive: Any, send: Any) -> None:
     message = await receive()
     if message["type"] != "lifespan.startup":  # pragma: no cover - protocol violation
         return
+    install_hypercorn_fixes()  # ASGI mode: hypercorn builds its TCPServers after startup
     started = False
     try:
         async with server._open_runtime() as runtime, open_quart(server._app()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -30,9 +31,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # beyond float64, as Go's decoder refuses it
+        raise ValueError(f"number {text[:20]!r} out of range")
+    return value
+
+
 def _decode(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, parse_float=_parse_float)
     except (ValueError, RecursionError, UnicodeDecodeError, TypeError) as exc:
         raise RequestError("invalid request body") from exc
 

@@ -19,6 +19,7 @@ from ._config import to_seconds
 from ._duration import format_duration_seconds
 from ._events import EventHub
 from ._jobs import REASON_SHUTDOWN, Job, JobRunner, TaskSlot
+from ._logfilter import redacting_httpx_logs
 from ._result import fail
 from ._signing import signing_key
 from ._wire import FinishedJob, dumps, rfc3339
@@ -262,6 +263,15 @@ async def open_runtime(
     server: Server, *, callback_transport: httpx.AsyncBaseTransport | None = None
 ) -> AsyncIterator[Runtime]:
     """Open the server's nursery and runtime; drain and close them on exit."""
+    with redacting_httpx_logs():
+        async with _open_runtime(server, callback_transport) as runtime:
+            yield runtime
+
+
+@asynccontextmanager
+async def _open_runtime(
+    server: Server, callback_transport: httpx.AsyncBaseTransport | None
+) -> AsyncIterator[Runtime]:
     async with (
         httpx.AsyncClient(
             transport=callback_transport, follow_redirects=False, timeout=None

@@ -270,7 +270,9 @@ class Server:
 
             await serve_lifespan(self, receive, send)
         else:
-            await self._app()(scope, receive, send)
+            from ._serving import shield_final_send
+
+            await self._app()(scope, receive, shield_final_send(send))
 
     async def serve(
         self,

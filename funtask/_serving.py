@@ -14,6 +14,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ._app import open_quart
 from ._errors import ConfigError
+from ._hypercorn_fixes import install_hypercorn_fixes
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -36,6 +37,24 @@ def hypercorn_config(bind: str | Iterable[str]) -> Config:
     return config
 
 
+def shield_final_send(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap an ASGI ``send`` so that the last body message cannot be cancelled.
+
+    hypercorn tidies the connection up inside that call and may deliver
+    ``http.disconnect`` meanwhile, on which quart-trio cancels the request;
+    cancelling that very send would leave a keep-alive connection hanging.
+    """
+
+    async def shielded(message: Any) -> None:
+        if message.get("type") == "http.response.body" and not message.get("more_body"):
+            with trio.CancelScope(shield=True):
+                await send(message)
+        else:
+            await send(message)
+
+    return shielded
+
+
 def without_lifespan(server: Server) -> Callable[..., Any]:
     """An ASGI app that serves ``server``'s routes and acknowledges lifespan at once."""
     app = server._app()
@@ -50,7 +69,7 @@ def without_lifespan(server: Server) -> Callable[..., Any]:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         else:
-            await app(scope, receive, send)
+            await app(scope, receive, shield_final_send(send))
 
     return asgi
 
@@ -63,6 +82,7 @@ async def serve(
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     """Serve ``server`` until the trigger returns or the call is cancelled, then drain."""
+    install_hypercorn_fixes()
     config = hypercorn_config(bind)
     http_stop = trio.Event()
 
