@@ -161,8 +161,17 @@ class _Exchange:
             await self._close_request_stream()
 
     async def receive(self) -> Message:
-        """The ``receive`` callable handed to the app."""
-        if not self._body_finished and not self._disconnected.is_set():
+        """The ``receive`` callable handed to the app.
+
+        Once the app has started its response, the rest of the request body is
+        not fed to it (as a server that closes the connection after an early
+        answer would not read it).
+        """
+        if (
+            not self._body_finished
+            and not self._disconnected.is_set()
+            and not self._response_started
+        ):
             message = await self._next_body_message()
             if message is not None:
                 return message
