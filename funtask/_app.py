@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ._config import RESERVED_PATHS
 from ._dashboard import dashboard_page
@@ -77,6 +77,26 @@ def bearer_token(header: str | None) -> bytes | None:
     return match.group(1).strip() if match else None
 
 
+async def read_body_limited(limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes.
+
+    Reads chunk by chunk and stops at the limit, whatever the Quart version
+    does with ``MAX_CONTENT_LENGTH`` (some buffer the whole body first).
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None
+    data = bytearray()
+    try:
+        async for chunk in request.body:
+            data += chunk
+            if len(data) > limit:
+                return None
+    except RequestEntityTooLarge:
+        return None
+    return bytes(data)
+
+
 def _etags(header: str) -> set[str]:
     """The entity tags listed in an ``If-None-Match`` header (weak ones compare equal)."""
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
@@ -126,10 +146,11 @@ class HttpApi:
         if slot is None:
             message = f"task {json.dumps(task, ensure_ascii=False)} not found"
             return unread_body_response(error_response(message, 404))
+        raw = await read_body_limited(runtime.max_body_size)
+        if raw is None:
+            return unread_body_response(error_response("request body too large", 413))
         try:
-            body = parse_run_body(
-                await request.get_data(cache=False, as_text=False, parse_form_data=False)
-            )
+            body = parse_run_body(raw)
         except RequestError as exc:
             return error_response(str(exc), 400)
         callback_url: str | None = None
