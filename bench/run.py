@@ -67,8 +67,7 @@ class Settings:
 
     quick: bool
     warmup: int = 2  # seconds of wrk per server before measuring
-    rounds: int = 8  # overhead: interleaved rounds, each server once per round
-    simultaneous_seconds: int = 10  # overhead: then every server at once, for this long
+    rounds: int = 10  # overhead: interleaved rounds, each server once per round
     round_seconds: int = 1  # wrk takes whole seconds
     health_rounds: int = 5
     progress_calls: int = 100_000  # per timed job (tight loops)
@@ -92,7 +91,6 @@ class Settings:
             warmup=1,
             rounds=2,
             round_seconds=1,
-            simultaneous_seconds=3,
             progress_calls=50_000,
             progress_repeats=3,
             progress_yielding_calls=20_000,
@@ -564,32 +562,6 @@ def interleaved(
     return summary
 
 
-def simultaneous(h: Harness, targets: list[Target], seconds: int) -> dict[str, dict[str, Any]]:
-    """One wrk per target, all at once: each server's CPU time per request, measured in
-    the same seconds (the same machine speed, the same neighbours), each server getting
-    an equal share of the cores from the kernel's fair scheduler."""
-    cpu_before = {t.key: cpu_seconds(t.pid) for t in targets}
-    running = [
-        (
-            t,
-            subprocess.Popen(
-                h.wrk_argv(t.url, seconds, **t.wrk), stdout=subprocess.PIPE, text=True
-            ),
-        )
-        for t in targets
-    ]
-    outputs = {t.key: proc.communicate(timeout=seconds + 60)[0] for t, proc in running}
-    cpu_after = {t.key: cpu_seconds(t.pid) for t in targets}
-    results: dict[str, dict[str, Any]] = {}
-    for target in targets:
-        result = parse_wrk(outputs[target.key])
-        cpu = cpu_after[target.key] - cpu_before[target.key]
-        result["cpu_us"] = cpu / max(result["requests"], 1) * 1e6
-        result["busy"] = cpu / result["seconds"]
-        results[target.key] = result
-    return results
-
-
 def round_ratios(summary: dict[str, dict[str, Any]], top: str, bottom: str) -> list[float]:
     """Each round's requests/s of ``top`` over ``bottom``."""
     return [
@@ -623,13 +595,6 @@ def case_overhead(h: Harness) -> dict[str, Any]:
     summary: dict[str, Any] = interleaved(
         h, "overhead", targets, h.settings.rounds, h.settings.warmup
     )
-    log(f"overhead: all three at once for {h.settings.simultaneous_seconds} s")
-    together = simultaneous(h, targets, h.settings.simultaneous_seconds)
-    summary["together"] = together
-    summary["together_ratio_quart"] = (
-        together["quart_app"]["cpu_us"] / together["overhead"]["cpu_us"]
-    )
-    summary["together_ratio_raw"] = together["raw_asgi"]["cpu_us"] / together["overhead"]["cpu_us"]
     for service in list(h.services):
         h.stop(service)
     summary["ratio_quart"] = summary["overhead"]["rps"] / summary["quart_app"]["rps"]
@@ -1165,32 +1130,9 @@ def report_overhead(r: Report, data: dict[str, Any], s: Settings) -> None:
         "",
     )
     contention(r, [data[app] for app in ("raw_asgi", "quart_app", "overhead")])
-    together = data["together"]
-    r.add(
-        f"Then the three at once, {s.simultaneous_seconds} s, one wrk each (same settings): "
-        "sharing the 2 cores, each server gets an equal share from the kernel, and all three "
-        "are measured in the same seconds, so the machine's drift cancels out. The ratio of "
-        "CPU time per request is the overhead figure least disturbed by this machine.",
-        "",
-        "| server (all at once) | requests/s | server CPU/request | server busy | non-2xx |",
-        "|---|---:|---:|---:|---:|",
-    )
-    for app in ("raw_asgi", "quart_app", "overhead"):
-        row = together[app]
-        r.add(
-            f"| {data[app]['label']} | {row['rps']:,.0f} | {row['cpu_us']:,.0f} µs | "
-            f"{row['busy']:.0%} | {row['non_2xx']} |"
-        )
-    r.add(
-        "",
-        f"- by CPU per request, funtask / quart-trio route: **{data['together_ratio_quart']:.1%}**"
-        f"; funtask / raw ASGI: {data['together_ratio_raw']:.1%}",
-        "",
-    )
     r.target(
         "request overhead: funtask >= 85 % of the quart-trio route's requests/s",
-        f"{data['ratio_quart']:.1%} (one at a time); {data['together_ratio_quart']:.1%} "
-        "(all at once, by CPU per request)",
+        f"{data['ratio_quart']:.1%}",
         data["ratio_quart"] >= 0.85,
     )
 
