@@ -20,6 +20,9 @@ class ChangeNotifier:
 
     def __init__(self) -> None:
         self.version = 0
+        self.milestones = 0  # job started, finished or released its slot: show at once
+        self._milestone_event = trio.Event()
+        self._milestone_waiting = False
         self._event = trio.Event()
         self._waiting = False
         self._wake_scheduled = False
@@ -37,6 +40,22 @@ class ChangeNotifier:
             self._wake_scheduled = True
             with contextlib.suppress(trio.RunFinishedError):  # the server is gone
                 self._token.run_sync_soon(self._wake)
+
+    def bump_milestone(self) -> None:
+        """Record a change that watchers should see without coalescing (Trio thread only)."""
+        self.milestones += 1
+        if self._milestone_waiting:
+            self._milestone_waiting = False
+            event, self._milestone_event = self._milestone_event, trio.Event()
+            event.set()
+        self.bump()
+
+    async def wait_for_milestone(self, seen: int) -> int:
+        """Wait until the milestone count differs from ``seen``; return the new count."""
+        while self.milestones == seen:
+            self._milestone_waiting = True
+            await self._milestone_event.wait()
+        return self.milestones
 
     def _wake(self) -> None:
         self._wake_scheduled = False

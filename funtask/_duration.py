@@ -74,10 +74,22 @@ def format_duration_ns(ns: int) -> str:
     return sign + out
 
 
+# Below this many units, a float product is within 2**-21 of the exact decimal
+# value, so a fraction more than 1e-6 away from .5 cannot be on the other side of a tie.
+_FAST_LIMIT = float(2**30)
+
+
 def _round_seconds(seconds: float, unit_ns: int) -> int:
     """Round float ``seconds`` to a multiple of ``unit_ns`` (half away from zero); return ns."""
     if not math.isfinite(seconds):
         raise ValueError(f"duration must be finite, got {seconds!r}")
+    scaled = seconds * (_SECOND // unit_ns)
+    if -_FAST_LIMIT < scaled < _FAST_LIMIT:
+        whole = math.floor(scaled)
+        fraction = scaled - whole
+        if abs(fraction - 0.5) > 1e-6:  # not a tie: the nearest multiple is unambiguous
+            return (whole + (fraction > 0.5)) * unit_ns
+    # A tie, or nearly: decide exactly, on the shortest decimal representation.
     exact = Fraction(repr(float(seconds))) * _SECOND / unit_ns
     magnitude = (abs(exact) * 2 + 1) // 2
     units = -magnitude if exact < 0 else magnitude

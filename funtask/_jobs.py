@@ -131,10 +131,12 @@ class JobRunner:
         max_duration: float | None,
         on_change: Callable[[], None],
         on_finished: Callable[[Job, FinishedJob], Awaitable[None]],
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.slots = slots
         self.max_duration = max_duration
-        self._on_change = on_change
+        self._on_change = on_change  # a job started, finished or left its slot
+        self._on_progress = on_progress or on_change  # a job reported a step or progress
         self._on_finished = on_finished
         self.nursery: trio.Nursery | None = None
 
@@ -144,7 +146,7 @@ class JobRunner:
         """Occupy ``slot`` with a new job and start it; the caller checked the slot is free."""
         if self.nursery is None:
             raise RuntimeError("the job runner is not running")
-        run = Run(slot.task.name, job_id, on_change=self._on_change)
+        run = Run(slot.task.name, job_id, on_change=self._on_progress)
         job = Job(
             slot.task,
             job_id,

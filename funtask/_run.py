@@ -34,9 +34,6 @@ class RunState(NamedTuple):
     last_step_at: float | None  # wall-clock seconds since the epoch
 
 
-_INITIAL: Final = RunState("", None, None)
-
-
 class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger adapter that prefixes records with the task and jobId and adds them as extras."""
 
@@ -75,7 +72,9 @@ class Run:
         self._task = task
         self._job_id = job_id
         self._steps: deque[str] = deque(maxlen=max_steps)
-        self._state = _INITIAL
+        # (step, current, total, percent, last_step_at): a plain tuple swapped atomically;
+        # the RunState snapshot is built only when someone reads it.
+        self._raw: tuple[str, int | None, int, int, float | None] = ("", None, 0, 0, None)
         self._cancelled = threading.Event()
         self._on_change = on_change
         self._step_log_level = step_log_level
@@ -104,34 +103,43 @@ class Run:
     @property
     def state(self) -> RunState:
         """The latest step, progress and step time as one snapshot."""
-        return self._state
+        step, current, total, percent, at = self._raw
+        progress = None if current is None else Progress(current, total, percent)
+        return RunState(step, progress, at)
 
     def step(self, message: str) -> None:
         """Report the step the job is in; shown on ``/health`` and as ``error.step``."""
         if not isinstance(message, str):
             raise TypeError(f"message must be a str, not {message!r}")
-        self._record(message, self._state.progress, always=True)
+        _, current, total, percent, _ = self._raw
+        self._note_step(message)
+        self._raw = (message, current, total, percent, time.time())
+        self._on_change()
 
     def progress(self, current: int, total: int, message: str = "") -> None:
         """Report ``current`` of ``total`` items done, with an optional step message.
 
         ``percent`` is ``current * 100 // total``, or 0 when ``total <= 0``.
         """
-        for name, value in (("current", current), ("total", total)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, not {value!r}")
-        if not isinstance(message, str):
+        if type(current) is not int or type(total) is not int:  # fast path: plain ints
+            for name, value in (("current", current), ("total", total)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"{name} must be an int, not {value!r}")
+        if type(message) is not str and not isinstance(message, str):
             raise TypeError(f"message must be a str, not {message!r}")
         percent = current * 100 // total if total > 0 else 0
-        self._record(message or self._state.step, Progress(current, total, percent))
+        step = self._raw[0]
+        if message and message != step:
+            self._note_step(message)
+            step = message
+        self._raw = (step, current, total, percent, time.time())
+        self._on_change()
 
-    def _record(self, message: str, progress: Progress | None, *, always: bool = False) -> None:
-        if message and (always or message != self._state.step):
+    def _note_step(self, message: str) -> None:
+        if message:
             self._steps.append(message)
             if self.log.isEnabledFor(self._step_log_level):
                 self.log.log(self._step_log_level, "step: %s", message)
-        self._state = RunState(message, progress, time.time())
-        self._on_change()
 
     @property
     def cancelled(self) -> bool:

@@ -60,7 +60,8 @@ class Runtime:
         self.runner = JobRunner(
             self.slots,
             max_duration=self.max_duration,
-            on_change=self.notifier.bump,
+            on_change=self.notifier.bump_milestone,
+            on_progress=self.notifier.bump,
             on_finished=self._after_job,
         )
         self.drain_started = trio.Event()
@@ -78,7 +79,7 @@ class Runtime:
         self.events = EventHub(self, max_clients=settings.max_event_clients)
         self.started_at = trio.current_time()
         self.draining = False
-        self._health_cache: tuple[tuple[int, str], bytes] | None = None
+        self._health_cache: tuple[tuple[Any, ...], bytes] | None = None
 
     # -- auth -------------------------------------------------------------
 
@@ -127,9 +128,10 @@ class Runtime:
 
     # -- health -----------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        """The ``/health`` document."""
-        now = trio.current_time()
+    def health(self, now: float | None = None) -> dict[str, Any]:
+        """The ``/health`` document (as of ``now``, default the current Trio time)."""
+        if now is None:
+            now = trio.current_time()
         tasks: dict[str, Any] = {}
         for name, slot in self.slots.items():
             task = slot.task
@@ -176,13 +178,21 @@ class Runtime:
         }
 
     def health_body(self) -> bytes:
-        """The ``/health`` document serialised, cached per change and per second."""
-        uptime = format_duration_seconds(trio.current_time() - self.started_at)
-        key = (self.notifier.version, uptime)
+        """The ``/health`` document serialised, cached per change and per displayed second.
+
+        The key holds everything time-dependent in the document: the change
+        counter, the uptime and each running job's ``running``, as displayed.
+        """
+        now = trio.current_time()
+        key = (
+            self.notifier.version,
+            format_duration_seconds(now - self.started_at),
+            *(format_duration_seconds(now - job.started_at) for job in self.runner.jobs()),
+        )
         cache = self._health_cache
-        if cache is not None and cache[0] == key and not self.runner.jobs():
+        if cache is not None and cache[0] == key:
             return cache[1]
-        body = dumps(self.health())
+        body = dumps(self.health(now))
         self._health_cache = (key, body)
         return body
 
