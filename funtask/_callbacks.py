@@ -13,7 +13,6 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -113,13 +112,11 @@ class Delivery:
         dead_letter_dir: str,
         retries: int,
         drain_started: trio.Event,
-        on_attempt: Callable[[], None] = lambda: None,
     ) -> None:
         self.sender = sender
         self.dead_letter_dir = dead_letter_dir
         self.retries = retries
         self.drain_started = drain_started
-        self._on_attempt = on_attempt
 
     async def deliver(self, record: FinishedJob, url: str, *, single_attempt: bool) -> bool:
         """Dead-letter ``record``, then POST it to ``url`` until a 2xx or the retries run out.
@@ -139,7 +136,6 @@ class Delivery:
             while True:
                 attempts += 1
                 outcome = await self.sender.attempt(url, record.body, message_id)
-                self._on_attempt()
                 if outcome.delivered:
                     log.info(
                         "[%s %s] callback delivered to %s (attempt %d)",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -61,7 +60,6 @@ class Job:
         self.run = run
         self.callback_url = callback_url
         self.started_at = trio.current_time()
-        self.started_wall = time.time()
         self.scope = trio.CancelScope()
         if max_duration is not None:
             self.scope.deadline = self.started_at + max_duration
