@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from ._config import RESERVED_PATHS
 from ._dashboard import dashboard_page
 from ._duration import format_duration
-from ._jobs import REASON_DISCONNECT, REASON_STOP, REASON_SYNC_TIMEOUT
+from ._jobs import REASON_STOP
 from ._openapi import openapi_body
 from ._params import Params
 from ._request import RequestError, parse_run_body, validate_job_id
@@ -190,26 +190,15 @@ class HttpApi:
         job = runtime.runner.start(slot, job_id, Params(body.params), callback_url=callback_url)
         if callback_url is not None:
             return json_response({"jobId": job_id}, 202)
-        return await self._wait_sync(runtime, job)
-
-    async def _wait_sync(self, runtime: Runtime, job: Any) -> Response:
-        try:
-            with trio.move_on_after(runtime.sync_timeout):
-                await job.finished.wait()
-        except trio.Cancelled:
-            job.cancel(REASON_DISCONNECT)
-            runtime.result_unsent(job, "client disconnected")
-            raise
-        if job.record is None:
-            job.cancel(REASON_SYNC_TIMEOUT)
-            runtime.result_unsent(job, "sync timeout")
+        record = await runtime.wait_sync(job)
+        if record is None:
             return error_response(
                 f"Sync mode timeout exceeded ({format_duration(runtime.sync_timeout)}). "
                 "Use callbackUrl for long-running tasks.",
                 504,
-                jobId=job.job_id,
+                jobId=job_id,
             )
-        return raw_json_response(job.record.body)
+        return raw_json_response(record.body)
 
     # -- /stop, /result, /health ----------------------------------------------
 

@@ -11,7 +11,6 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Final
 
 import trio
@@ -154,7 +153,7 @@ class JobRunner:
             max_duration=self.max_duration,
         )
         slot.current = job
-        self.nursery.start_soon(self._run_job, slot, job, name=f"funtask job {job!r}")
+        self.nursery.start_soon(self._run_job, slot, job, name="funtask job")
         self._on_change()
         return job
 
@@ -188,7 +187,7 @@ class JobRunner:
             return job.record
         duration = trio.current_time() - job.started_at
         if not result.last_step and job.run.state.step:
-            result = replace(result, last_step=job.run.state.step)
+            result = result._copy(last_step=job.run.state.step)
         record = _serialise(job, result, duration)
         job.record = record
         slot.history.appendleft(record)
@@ -263,7 +262,7 @@ class JobRunner:
                 return _cancelled(job).with_cause(error)
             result = fail_from_error(error, "panic")
             if not result.message:
-                result = replace(result, message=type(error).__name__)
+                result = result._copy(message=type(error).__name__)
             if result.error_code == "panic":
                 job.run.log.error("task raised %s", type(error).__name__, exc_info=error)
             else:
@@ -307,4 +306,4 @@ def _serialise(job: Job, result: Result, duration: float) -> FinishedJob:
 
 
 def _with_step(failure: Result, original: Result) -> Result:
-    return replace(failure, last_step=original.last_step[:1000])
+    return failure._copy(last_step=original.last_step[:1000])

@@ -38,9 +38,13 @@ def _parse_float(text: str) -> float:
     return value
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+
+
 def _decode(body: bytes) -> Any:
+    # What json.loads does with bytes, minus building a decoder per call.
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_float=_parse_float)
+        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, RecursionError, UnicodeDecodeError, TypeError) as exc:
         raise RequestError("invalid request body") from exc
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,26 +49,37 @@ class Result:
     __hash__ = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.success, bool):
+        if type(self.success) is not bool:
             raise TypeError(f"success must be a bool, not {self.success!r}")
         for name in ("message", "error_code", "last_step"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a str, not {value!r}")
-        if not isinstance(self.data, Mapping):
-            raise TypeError(f"data must be a mapping, not {self.data!r}")
-        if self.data is not _EMPTY:
-            object.__setattr__(self, "data", MappingProxyType(dict(self.data)))
+        data = self.data
+        if data is not _EMPTY:
+            if type(data) is not dict and not isinstance(data, Mapping):
+                raise TypeError(f"data must be a mapping, not {data!r}")
+            object.__setattr__(self, "data", MappingProxyType(dict(data)))
 
     def with_data(self, key: str, value: Any) -> Result:
         """Return a copy with ``data[key] = value``; this result is untouched."""
         if not isinstance(key, str):
             raise TypeError(f"key must be a str, not {key!r}")
-        return replace(self, data={**self.data, key: value})
+        return self._copy(data=MappingProxyType({**self.data, key: value}))
 
     def with_cause(self, exc: BaseException | None) -> Result:
         """Return a copy carrying ``exc`` as its cause (logged, never sent)."""
-        return replace(self, cause=exc)
+        return self._copy(cause=exc)
+
+    def _copy(self, **changes: Any) -> Result:
+        """A copy with ``changes`` applied, which the caller has already validated.
+
+        Cheaper than :func:`dataclasses.replace`, which runs ``__post_init__``
+        again and copies ``data`` once more.
+        """
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__, **changes)
+        return copy
 
 
 def ok(message: str = "") -> Result:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, MutableMapping
@@ -75,7 +74,7 @@ class Run:
         # (step, current, total, percent, last_step_at): a plain tuple swapped atomically;
         # the RunState snapshot is built only when someone reads it.
         self._raw: tuple[str, int | None, int, int, float | None] = ("", None, 0, 0, None)
-        self._cancelled = threading.Event()
+        self._cancelled = False  # set once from the Trio thread; a bool store is atomic
         self._on_change = on_change
         self._step_log_level = step_log_level
         self.log: logging.LoggerAdapter = JobLogAdapter(  # type: ignore[type-arg]
@@ -144,12 +143,12 @@ class Run:
     @property
     def cancelled(self) -> bool:
         """Whether the job has been cancelled (thread-safe)."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def check_cancelled(self) -> None:
         """Raise :class:`funtask.JobCancelled` if the job has been cancelled."""
-        if self._cancelled.is_set():
+        if self._cancelled:
             raise JobCancelled()
 
     def _mark_cancelled(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True

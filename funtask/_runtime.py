@@ -18,7 +18,14 @@ from ._changes import ChangeNotifier
 from ._config import to_seconds
 from ._duration import format_duration_seconds
 from ._events import EventHub
-from ._jobs import REASON_SHUTDOWN, Job, JobRunner, TaskSlot
+from ._jobs import (
+    REASON_DISCONNECT,
+    REASON_SHUTDOWN,
+    REASON_SYNC_TIMEOUT,
+    Job,
+    JobRunner,
+    TaskSlot,
+)
 from ._logfilter import redacting_httpx_logs
 from ._result import fail
 from ._signing import signing_key
@@ -107,6 +114,27 @@ class Runtime:
                     )
         elif job.unsent is not None:
             await self.delivery.keep_unsent(record, job.unsent)
+
+    async def wait_sync(self, job: Job) -> FinishedJob | None:
+        """Wait for a job's result for a sync caller; None on the sync timeout.
+
+        A result the caller will not receive (sync timeout, the caller went
+        away) is kept as a dead letter.
+        """
+        # The job runs in a task of its own, not the caller's: at the sync
+        # timeout the answer goes out at once, even while a job that ignores
+        # the cancellation goes on.
+        try:
+            with trio.move_on_after(self.sync_timeout):
+                await job.finished.wait()
+        except trio.Cancelled:
+            job.cancel(REASON_DISCONNECT)
+            self.result_unsent(job, "client disconnected")
+            raise
+        if job.record is None:
+            job.cancel(REASON_SYNC_TIMEOUT)
+            self.result_unsent(job, "sync timeout")
+        return job.record
 
     def result_unsent(self, job: Job, reason: str) -> None:
         """Note that a sync caller will not receive ``job``'s result (504 or disconnect)."""
