@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from ._config import RESERVED_PATHS
 from ._dashboard import dashboard_page
@@ -21,7 +20,7 @@ from ._duration import format_duration
 from ._jobs import REASON_STOP
 from ._openapi import openapi_body
 from ._params import Params
-from ._request import RequestError, parse_run_body, validate_job_id
+from ._request import RequestError, new_job_id, parse_run_body, validate_job_id
 from ._wire import dumps
 
 if TYPE_CHECKING:
@@ -35,6 +34,7 @@ logger: Final = logging.getLogger("funtask.http")
 _JSON: Final = "application/json"
 _ALL_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _BEARER: Final = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +(.*)")
+BODY_TIMEOUT: Final = 60.0  # seconds to receive a whole request body
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -82,13 +82,27 @@ async def read_body_limited(limit: int) -> bytes | None:
 
     Reads chunk by chunk and stops at the limit, whatever the Quart version
     does with ``MAX_CONTENT_LENGTH`` (some buffer the whole body first).
+    A body still incomplete after :data:`BODY_TIMEOUT` seconds raises
+    :class:`~werkzeug.exceptions.RequestTimeout` (a 408).
     """
     declared = request.content_length
     if declared is not None and declared > limit:
         return None
+    body = request.body
+    complete = getattr(body, "_complete", None)
+    if complete is not None and complete.is_set():
+        return await _collect(body, limit)  # it came with the request: nothing to wait for
+    with trio.move_on_after(BODY_TIMEOUT) as scope:
+        data = await _collect(body, limit)
+    if scope.cancelled_caught:
+        raise RequestTimeout()
+    return data
+
+
+async def _collect(body: AsyncIterable[bytes], limit: int) -> bytes | None:
     data = bytearray()
     try:
-        async for chunk in request.body:
+        async for chunk in body:
             data += chunk
             if len(data) > limit:
                 return None
@@ -178,7 +192,7 @@ class HttpApi:
                     doc["currentStep"] = current.run.state.step
                 return json_response(doc)
         else:
-            job_id = str(uuid.uuid4())
+            job_id = new_job_id()
         current = slot.current
         if current is not None:
             return error_response(
@@ -303,7 +317,7 @@ def create_app(server: Server) -> QuartTrio:
     app = QuartTrio(f"funtask.{server.name}")
     app.config["MAX_CONTENT_LENGTH"] = server.settings.max_body_size
     app.config["RESPONSE_TIMEOUT"] = None  # sync runs and /events outlive any fixed timeout
-    app.config["BODY_TIMEOUT"] = 60
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.url_map.strict_slashes = False
     api = HttpApi(server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,11 +28,32 @@ def dumps(obj: Any) -> bytes:
     return _encoder.encode(obj).encode("utf-8", "backslashreplace")
 
 
+_second_cache: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def rfc3339(wall: float) -> str:
-    """Format a wall-clock timestamp as RFC 3339 in UTC with a ``Z``."""
-    moment = datetime.fromtimestamp(wall, timezone.utc)
-    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
-    return text.replace("+00:00", "Z")
+    """Format a wall-clock timestamp as RFC 3339 in UTC with a ``Z``.
+
+    Milliseconds are shown (truncated) when the timestamp has a fractional
+    microsecond part, as ``datetime.isoformat(timespec="milliseconds")``.
+    """
+    global _second_cache
+    # Rounded to the microsecond exactly as datetime.fromtimestamp rounds.
+    fraction, whole = math.modf(wall)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        whole += 1
+        micro -= 1_000_000
+    elif micro < 0:
+        whole -= 1
+        micro += 1_000_000
+    second = int(whole)
+    cached_second, prefix = _second_cache
+    if cached_second != second:
+        moment = datetime.fromtimestamp(second, timezone.utc)
+        prefix = moment.replace(tzinfo=None).isoformat(timespec="seconds")
+        _second_cache = (second, prefix)
+    return f"{prefix}.{micro // 1000:03d}Z" if micro else f"{prefix}Z"
 
 
 @dataclass(frozen=True)

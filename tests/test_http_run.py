@@ -353,6 +353,40 @@ async def test_request_body_too_large(autojump_clock: MockClock, tmp_path: Path)
         assert small.status_code == 200
 
 
+async def test_a_stalled_body_times_out_with_408(
+    autojump_clock: MockClock, server: funtask.Server
+) -> None:
+    async def stalled():  # type: ignore[no-untyped-def]
+        yield b'{"params": '
+        await trio.sleep(3600)
+        yield b"{}}"
+
+    async with open_test_client(server) as client:
+        start = trio.current_time()
+        response = await client.post("/run/greet", content=stalled())
+        assert trio.current_time() - start == pytest.approx(60)
+        assert response.status_code == 408
+        assert response.json() == {"error": "request timeout"}
+        assert response.headers["connection"] == "close"
+        health = (await client.get("/health")).json()
+    assert health["tasks"]["greet"]["status"] == "idle"
+    assert "results" not in health["tasks"]["greet"]
+
+
+async def test_a_slow_body_within_the_timeout_is_read(
+    autojump_clock: MockClock, server: funtask.Server
+) -> None:
+    async def slow():  # type: ignore[no-untyped-def]
+        for piece in (b'{"params": ', b'{"name": ', b'"Slow"}}'):
+            await trio.sleep(19)
+            yield piece
+
+    async with open_test_client(server) as client:
+        response = await client.post("/run/greet", content=slow())
+    assert response.status_code == 200
+    assert response.json()["message"] == "Hello, Slow!"
+
+
 async def test_default_body_limit_is_10_mib(
     autojump_clock: MockClock, server: funtask.Server
 ) -> None:
