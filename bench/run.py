@@ -67,7 +67,7 @@ class Settings:
 
     quick: bool
     warmup: int = 2  # seconds of wrk per server before measuring
-    rounds: int = 10  # overhead: interleaved rounds, each server once per round
+    rounds: int = 20  # overhead: interleaved rounds, each server once per round
     round_seconds: int = 1  # wrk takes whole seconds
     health_rounds: int = 5
     progress_calls: int = 100_000  # per timed job (tight loops)
