@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 
 import trio
 
 __all__ = ["ChangeNotifier"]
+
+
+def _noop() -> None:
+    pass
 
 
 class ChangeNotifier:
@@ -21,8 +26,7 @@ class ChangeNotifier:
     def __init__(self) -> None:
         self.version = 0
         self.milestones = 0  # job started, finished or released its slot: show at once
-        self._milestone_event = trio.Event()
-        self._milestone_waiting = False
+        self.on_milestone: Callable[[], None] = _noop  # called on every milestone
         self._event = trio.Event()
         self._waiting = False
         self._wake_scheduled = False
@@ -44,18 +48,8 @@ class ChangeNotifier:
     def bump_milestone(self) -> None:
         """Record a change that watchers should see without coalescing (Trio thread only)."""
         self.milestones += 1
-        if self._milestone_waiting:
-            self._milestone_waiting = False
-            event, self._milestone_event = self._milestone_event, trio.Event()
-            event.set()
+        self.on_milestone()
         self.bump()
-
-    async def wait_for_milestone(self, seen: int) -> int:
-        """Wait until the milestone count differs from ``seen``; return the new count."""
-        while self.milestones == seen:
-            self._milestone_waiting = True
-            await self._milestone_event.wait()
-        return self.milestones
 
     def _wake(self) -> None:
         self._wake_scheduled = False

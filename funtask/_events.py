@@ -28,7 +28,7 @@ KEEPALIVE_FRAME: Final = b": keepalive\n\n"
 
 
 class EventHub:
-    """Counts the open streams and closes them all at shutdown."""
+    """Counts the open streams, keeps the shared frame clock, and closes them all at shutdown."""
 
     def __init__(self, runtime: Runtime, *, max_clients: int) -> None:
         self.runtime = runtime
@@ -36,6 +36,7 @@ class EventHub:
         self.clients = 0
         self.closed = False
         self._waits: set[trio.CancelScope] = set()
+        self._ticks: dict[int, trio.Event] = {}  # tick number -> rung at that tick
 
     def full(self) -> bool:
         """Whether another stream would exceed ``max_event_clients``."""
@@ -46,6 +47,13 @@ class EventHub:
         self.closed = True
         for scope in self._waits:
             scope.cancel()
+        self.ring_all()
+
+    def ring_all(self) -> None:
+        """Wake every stream waiting for a tick now (a job started or ended, or shutdown)."""
+        ticks, self._ticks = self._ticks, {}
+        for event in ticks.values():
+            event.set()
 
     def frame(self) -> bytes:
         """The current health snapshot as one SSE frame."""
@@ -56,6 +64,49 @@ class EventHub:
         self.clients += 1
         return EventStream(self)
 
+    def _tick(self, number: int) -> trio.Event:
+        """The event rung at tick ``number`` (at ``number * MIN_FRAME_INTERVAL`` seconds).
+
+        Every stream due at that tick waits on the same event: one timer for
+        all of them, and waking them is a plain reschedule, not a cancellation.
+        """
+        event = self._ticks.get(number)
+        if event is None:
+            event = self._ticks[number] = trio.Event()
+            self.runtime.nursery.start_soon(self._ring, number, event)
+        return event
+
+    async def _ring(self, number: int, event: trio.Event) -> None:
+        try:
+            await trio.sleep_until(number * MIN_FRAME_INTERVAL)
+        finally:
+            if self._ticks.get(number) is event:
+                del self._ticks[number]
+            event.set()
+
+    async def _changed(self, seen: int) -> bool:
+        """Wait for the change counter to move from ``seen``; False at keepalive time or close."""
+        scope = trio.CancelScope(deadline=trio.current_time() + KEEPALIVE_INTERVAL)
+        self._waits.add(scope)
+        try:
+            with scope:
+                await self.runtime.notifier.wait_for_change(seen)
+                return True
+        finally:
+            self._waits.discard(scope)
+        return False
+
+    async def _turn(self, last_frame: float, milestones: int) -> None:
+        """Wait until this stream may send its next frame (coalescing)."""
+        interval = self.clients / MAX_PROGRESS_FRAMES_PER_SECOND
+        if interval > MIN_FRAME_INTERVAL and self.runtime.notifier.milestones == milestones:
+            # Many clients, only progress so far: wait for a tick of the clock all
+            # streams share (so they share one snapshot), or until a job starts or
+            # ends (ring_all).
+            await self._tick(math.ceil((last_frame + interval) / MIN_FRAME_INTERVAL)).wait()
+        if trio.current_time() < last_frame + MIN_FRAME_INTERVAL:
+            await trio.sleep_until(last_frame + MIN_FRAME_INTERVAL)
+
     async def _frames(self) -> AsyncGenerator[bytes, None]:
         """Yield SSE frames until the client goes away or the server closes the hub."""
         notifier = self.runtime.notifier
@@ -64,34 +115,18 @@ class EventHub:
         yield self.frame()
         last_frame = trio.current_time()
         while not self.closed:
-            changed = False
-            scope = trio.CancelScope(deadline=trio.current_time() + KEEPALIVE_INTERVAL)
-            self._waits.add(scope)
-            try:
-                with scope:
-                    seen = await notifier.wait_for_change(seen)
-                    changed = True
-                    # Coalesce: wait out the frame interval, then send the latest state.
-                    await trio.sleep_until(last_frame + MIN_FRAME_INTERVAL)
-                    interval = self.clients / MAX_PROGRESS_FRAMES_PER_SECOND
-                    if interval > MIN_FRAME_INTERVAL and notifier.milestones == milestones:
-                        # Many clients, only progress so far: wait longer, until a tick of
-                        # a clock all streams share (so they share one snapshot), or until
-                        # a job starts or ends.
-                        ticks = math.ceil((last_frame + interval) / MIN_FRAME_INTERVAL)
-                        with trio.move_on_at(ticks * MIN_FRAME_INTERVAL):
-                            await notifier.wait_for_milestone(milestones)
-            finally:
-                self._waits.discard(scope)
+            if notifier.version == seen and not await self._changed(seen):
+                if self.closed:
+                    return
+                yield KEEPALIVE_FRAME
+                continue
+            await self._turn(last_frame, milestones)
             if self.closed:
                 return
-            if changed:
-                seen = notifier.version
-                milestones = notifier.milestones
-                yield self.frame()
-                last_frame = trio.current_time()
-            else:
-                yield KEEPALIVE_FRAME
+            seen = notifier.version
+            milestones = notifier.milestones
+            yield self.frame()
+            last_frame = trio.current_time()
 
 
 class EventStream:

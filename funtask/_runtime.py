@@ -84,6 +84,7 @@ class Runtime:
             drain_started=self.drain_started,
         )
         self.events = EventHub(self, max_clients=settings.max_event_clients)
+        self.notifier.on_milestone = self.events.ring_all
         self.started_at = trio.current_time()
         self.draining = False
         self._health_cache: tuple[tuple[Any, ...], bytes] | None = None

@@ -362,3 +362,77 @@ async def test_leaving_the_test_client_ends_open_streams_promptly(
             await done.wait()
     assert closed_at - left_at < 1
     assert runtime.events.clients == 0
+
+
+async def test_many_clients_share_a_slower_clock_but_see_a_job_end_at_once(
+    autojump_clock: MockClock, server: funtask.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four clients with a budget of 20 progress frames/s in all: each may have
+    # one every 0.2 s, on ticks of the 50 ms clock they share.
+    monkeypatch.setattr("funtask._events.MAX_PROGRESS_FRAMES_PER_SECOND", 20)
+    finish_now = trio.Event()
+
+    async def ticker(run: funtask.Run, params: funtask.Params) -> funtask.Result:
+        for i in range(1, 1001):
+            run.progress(i, 1000)
+            await trio.sleep(0.002)
+        await finish_now.wait()
+        return funtask.ok("done")
+
+    server.add_task("ticker", ticker)
+    with trio.fail_after(60):
+        async with open_test_client(server) as client, trio.open_nursery() as nursery:
+            streams = []
+            for _ in range(4):
+                streams.append(await nursery.start(_collect_events, client))
+            await trio.sleep(0.3)
+            start = trio.current_time()
+            nursery.start_soon(partial(client.post, "/run/ticker", json={"jobId": "t1"}))
+            await trio.sleep(2.5)
+            ended_at = trio.current_time()
+            finish_now.set()
+            await wait_until(
+                lambda: all(
+                    any(task_doc(f, "ticker").get("lastJob") for f in s.frames) for s in streams
+                )
+            )
+            nursery.cancel_scope.cancel()
+
+    for stream in streams:
+        progress = [
+            f
+            for f in stream.frames
+            if start < f.time < ended_at
+            and task_doc(f, "ticker").get("currentJob", {}).get("progress")
+        ]
+        gaps = [b.time - a.time for a, b in itertools.pairwise(progress)]
+        assert len(progress) >= 8  # about 2 s / 0.2 s; never starved
+        assert min(gaps) >= 0.2 - 1e-9  # the budget holds per client
+        for frame in progress:  # on the shared clock
+            assert frame.time / MIN_FRAME_INTERVAL == pytest.approx(
+                round(frame.time / MIN_FRAME_INTERVAL)
+            )
+        final = next(f for f in stream.frames if task_doc(f, "ticker").get("lastJob"))
+        assert final.time - ended_at <= MIN_FRAME_INTERVAL  # a job's end is not held back
+    # The clients got the same snapshots: one serialisation per tick, shared.
+    first = {f.time: f.raw for f in streams[0].frames if start < f.time < ended_at}
+    for stream in streams[1:]:
+        for frame in stream.frames:
+            if frame.time in first:
+                assert frame.raw == first[frame.time]
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+
+async def _collect_events(
+    client: httpx.AsyncClient, *, task_status: trio.TaskStatus[_Collected]
+) -> None:
+    collected = _Collected()
+    async with open_events(client) as events:
+        collected.frames.append(await events.next_data())
+        task_status.started(collected)
+        while True:
+            collected.frames.append(await events.next_data())
