@@ -21,9 +21,11 @@ __all__ = ["KEEPALIVE_INTERVAL", "MIN_FRAME_INTERVAL", "EventHub"]
 
 KEEPALIVE_INTERVAL: Final = 30.0  # seconds between keepalive comments
 MIN_FRAME_INTERVAL: Final = 0.05  # seconds; at most one frame per client per 50 ms
-# Progress frames to all clients together, per second: each frame costs ~100 µs of
-# the server's one thread in hypercorn alone, so many clients get fewer frames each.
-MAX_PROGRESS_FRAMES_PER_SECOND: Final = 1000
+# Progress frames to all clients together, per second. A frame costs 150-300 µs of
+# the server's one thread, most of it in quart-trio and hypercorn (bench/RESULTS.md),
+# so 600 a second keeps a progress fan-out to ~15 % of the thread: many clients get
+# fewer frames each. A job starting or ending is sent to everyone at once.
+MAX_PROGRESS_FRAMES_PER_SECOND: Final = 600
 KEEPALIVE_FRAME: Final = b": keepalive\n\n"
 
 
