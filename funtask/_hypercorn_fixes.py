@@ -43,6 +43,7 @@ class IdleTimer:
         self._server = server
         self._scope: trio.CancelScope | None = None  # the running watcher's
         self._busy = False
+        self._closed = False
 
     def _idle_deadline(self) -> float:
         timeout: float = self._server.config.keep_alive_timeout
@@ -51,6 +52,8 @@ class IdleTimer:
     async def restart(self, task_group: Any, action: Any) -> None:
         """The connection is idle: close it after the keep-alive timeout."""
         self._busy = False
+        if self._closed:
+            return
         if self._scope is None:
             await task_group._nursery.start(self._watch)
         else:
@@ -62,6 +65,12 @@ class IdleTimer:
         if self._scope is not None:
             self._scope.deadline = math.inf
 
+    def close(self) -> None:
+        """The connection is done: end the watcher, so the connection's tasks can finish."""
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
     async def _watch(self, *, task_status: trio.TaskStatus[None]) -> None:
         try:
             with trio.CancelScope(deadline=self._idle_deadline()) as self._scope:
@@ -69,6 +78,8 @@ class IdleTimer:
                 await self._server.context.terminated.wait()
         finally:
             self._scope = None
+        if self._closed:
+            return
         if self._busy:
             # The worker is terminating during a request: hypercorn closes the
             # connection itself once the request is answered.
@@ -87,6 +98,14 @@ def _fixed_server_class(base: Any) -> Any:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.idle_task = IdleTimer(self)
+
+        async def _read_data(self) -> None:
+            # Reading ends when the connection does; a watcher left waiting (say,
+            # for a request that was answered by closing) would keep it alive.
+            try:
+                await super()._read_data()
+            finally:
+                self.idle_task.close()
 
         async def protocol_send(self, event: Any) -> None:
             try:

@@ -141,3 +141,42 @@ async def _shut_down_with_connections(config: Config, stop: trio.Event) -> None:
         with trio.fail_after(LATE):
             await answered.wait()  # the request in flight is answered
         assert await seconds_until_closed(busy) < LATE
+
+
+def _count_tasks() -> int:
+    count = 0
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
+async def test_a_connection_closed_by_the_server_leaves_no_task_behind() -> None:
+    # hypercorn answers the last allowed request of a connection by closing it,
+    # without marking the connection idle first: the idle watcher must still end.
+    install_hypercorn_fixes()
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.keep_alive_timeout = 60  # so only the close can end the watcher
+    config.keep_alive_max_requests = 2
+    config.accesslog = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(serving, config, stop)
+        port = int(binds[0].rsplit(":", 1)[1])
+        await trio.sleep(0.2)
+        baseline = _count_tasks()
+        for _ in range(3):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await get(stream, "/")
+            await get(stream, "/")
+            assert await seconds_until_closed(stream) < LATE
+        for _ in range(int(LATE / 0.05)):  # the connections' tasks end soon after
+            if _count_tasks() <= baseline:
+                break
+            await trio.sleep(0.05)
+        assert _count_tasks() <= baseline
+        stop.set()
