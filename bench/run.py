@@ -762,14 +762,26 @@ def case_fanout(h: Harness) -> dict[str, Any]:
         h.stop(clients)
         delays = [(t - loaded["end_monotonic"]) * 1000 for t in report["seen"]]
         frames = report["frames"] - before["frames"]
-        # The server thread's CPU not spent on the task's own calls went to the streams.
-        cpu_per_call = alone["server_cpu_seconds"] / alone["calls"]
-        sse_cpu = loaded["server_cpu_seconds"] - loaded["calls"] * cpu_per_call
+        # The server thread's CPU outside the task's own loop went to the streams, less
+        # what the loop's checkpoints cost alone (per call, from the quiet run).
+        idle_per_call = (alone["server_cpu_seconds"] - alone["task_cpu_seconds"]) / alone["calls"]
+        sse_cpu = (
+            loaded["server_cpu_seconds"]
+            - loaded["task_cpu_seconds"]
+            - loaded["calls"] * idle_per_call
+        )
+        # The task's share of the thread's CPU: what the streams took from it, measured
+        # inside one run, so the machine's speed drifting between runs cancels out.
+        share_alone = alone["task_cpu_seconds"] / alone["server_cpu_seconds"]
+        share_loaded = loaded["task_cpu_seconds"] / loaded["server_cpu_seconds"]
         pairs.append(
             {
                 "alone": alone,
                 "loaded": loaded,
-                "slowdown": 1 - loaded["calls_per_second"] / alone["calls_per_second"],
+                "share_alone": share_alone,
+                "share_loaded": share_loaded,
+                "slowdown": 1 - share_loaded / share_alone,
+                "calls_slowdown": 1 - loaded["calls_per_second"] / alone["calls_per_second"],
                 "received": len(delays),
                 "delay_ms": {
                     "min": min(delays) if delays else None,
@@ -783,7 +795,10 @@ def case_fanout(h: Harness) -> dict[str, Any]:
                 "client_cpu_seconds": report["cpu_seconds"],
             }
         )
-        log(f"fanout {index + 1}/{s.fanout_pairs}: slowdown {pairs[-1]['slowdown']:.1%}")
+        log(
+            f"fanout {index + 1}/{s.fanout_pairs}: slowdown {pairs[-1]['slowdown']:.1%} "
+            f"(calls/s {pairs[-1]['calls_slowdown']:.1%})"
+        )
     h.stop(loaded_server)
     h.stop(quiet)
     middle = sorted(pairs, key=lambda pair: pair["slowdown"])[len(pairs) // 2]
@@ -1260,21 +1275,29 @@ def report_fanout(r: Report, data: dict[str, Any]) -> None:
         f"{data['clients']} `/events` clients (`bench/sse_clients.py`, raw Trio sockets in "
         f"another process) on another; {len(pairs)} pair(s) of runs, alternated (quiet, "
         "loaded, quiet, loaded, ...), the clients connected afresh for each loaded run. "
+        "The slowdown is measured as the task's share of the server thread's CPU "
+        "(`time.thread_time()` around each batch of 100 calls, over the thread's CPU for "
+        "the job): with clients, the streams take the rest. It is a ratio inside each "
+        "run, so it does not depend on the machine's speed, which on this VM can change "
+        "by more than the effect between two 5 s runs (the calls/s columns show it: "
+        "compare them only within a row). "
         "The delay is CLOCK_MONOTONIC from the task's return to each "
         "client's receipt of the frame showing the job finished. Server thread CPU is "
         "`time.thread_time()` of the Trio thread over the job; the CPU per frame is what "
-        "the thread spent beyond the task's own calls (at their cost in the quiet run "
-        "before), per frame delivered.",
+        "the thread spent outside the task's own loop (less the loop's own checkpoints, "
+        "priced from the quiet run), per frame delivered.",
         "",
-        "| pair | calls/s alone | calls/s with clients | slowdown | frames delivered | "
-        "CPU per frame | final frame: first / median / last client | clients with it |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| pair | calls/s alone | calls/s with clients | task's CPU share alone / with "
+        "clients | slowdown | frames delivered | CPU per frame | final frame: first / "
+        "median / last client | clients with it |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     )
     for index, pair in enumerate(pairs, 1):
         delay = pair["delay_ms"]
         r.add(
             f"| {index} | {pair['alone']['calls_per_second']:,.0f} | "
-            f"{pair['loaded']['calls_per_second']:,.0f} | {pair['slowdown']:.1%} | "
+            f"{pair['loaded']['calls_per_second']:,.0f} | "
+            f"{pair['share_alone']:.1%} / {pair['share_loaded']:.1%} | {pair['slowdown']:.1%} | "
             f"{pair['frames_per_second']:,.0f}/s of {pair['frame_bytes']:,.0f} B | "
             f"{pair['us_per_frame']:,.0f} µs | "
             f"{_f(delay['min'], 1)} / {_f(delay['p50'], 1)} / {_f(delay['max'], 1)} ms | "
