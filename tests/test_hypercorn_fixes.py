@@ -38,6 +38,17 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def fixed_config(**settings: Any) -> Config:
+    """A loopback hypercorn config with funtask's fixes installed and ``settings`` applied."""
+    install_hypercorn_fixes()
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    for name, value in settings.items():
+        setattr(config, name, value)
+    return config
+
+
 async def serving(
     config: Config, stop: trio.Event, *, task_status: trio.TaskStatus[list[str]]
 ) -> None:
@@ -46,11 +57,7 @@ async def serving(
 
 @asynccontextmanager
 async def running_server() -> AsyncIterator[int]:
-    install_hypercorn_fixes()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.keep_alive_timeout = KEEP_ALIVE
-    config.accesslog = None
+    config = fixed_config(keep_alive_timeout=KEEP_ALIVE)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(serving, config, stop)
@@ -110,12 +117,8 @@ async def test_every_answer_restarts_the_idle_time() -> None:
 
 
 async def test_shutdown_closes_idle_connections_and_finishes_busy_ones() -> None:
-    install_hypercorn_fixes()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.keep_alive_timeout = 60  # only the shutdown may close them
-    config.graceful_timeout = 30
-    config.accesslog = None
+    # Only the shutdown may close the connections.
+    config = fixed_config(keep_alive_timeout=60, graceful_timeout=30)
     stop = trio.Event()
     with trio.fail_after(LATE):  # the server stops promptly, not after the graceful timeout
         await _shut_down_with_connections(config, stop)
@@ -157,12 +160,8 @@ def _count_tasks() -> int:
 async def test_a_connection_closed_by_the_server_leaves_no_task_behind() -> None:
     # hypercorn answers the last allowed request of a connection by closing it,
     # without marking the connection idle first: the idle watcher must still end.
-    install_hypercorn_fixes()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.keep_alive_timeout = 60  # so only the close can end the watcher
-    config.keep_alive_max_requests = 2
-    config.accesslog = None
+    # Only the close can end the watcher.
+    config = fixed_config(keep_alive_timeout=60, keep_alive_max_requests=2)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(serving, config, stop)
