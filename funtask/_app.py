@@ -13,6 +13,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
+from werkzeug.routing import PathConverter
 
 from ._config import RESERVED_PATHS
 from ._dashboard import dashboard_page
@@ -312,6 +313,16 @@ class HttpApi:
         return json_response({"status": "ok"})
 
 
+class _AnyPath(PathConverter):
+    """Werkzeug's ``path`` converter, but also matching a leading or doubled slash.
+
+    ``get_result`` reads the jobId from the raw path; the rule only has to match.
+    """
+
+    regex = ".+"
+    part_isolating = False  # werkzeug would otherwise match one part between slashes
+
+
 def create_app(server: Server) -> QuartTrio:
     """Build the quart-trio app serving ``server``'s routes."""
     app = QuartTrio(f"funtask.{server.name}")
@@ -323,8 +334,14 @@ def create_app(server: Server) -> QuartTrio:
     api = HttpApi(server)
     app.add_url_rule("/run/<task>", "run", api.guarded(api.run_task), methods=["POST"])
     app.add_url_rule("/stop/<task>", "stop", api.guarded(api.stop_task), methods=["POST"])
+    # Never merge slashes here: "/result/%2Fabs" is the jobId "/abs", not a redirect.
+    app.url_map.converters["segment_path"] = _AnyPath
     app.add_url_rule(
-        "/result/<path:job_id>", "result", api.guarded(api.get_result), methods=["GET"]
+        "/result/<segment_path:job_id>",
+        "result",
+        api.guarded(api.get_result),
+        methods=["GET"],
+        merge_slashes=False,
     )
     app.add_url_rule("/health", "health", api.guarded(api.health), methods=["GET"])
     app.add_url_rule("/events", "events", api.events, methods=["GET"])

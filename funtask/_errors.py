@@ -40,7 +40,12 @@ class ParamError(ValueError):
     """One or more task parameters are missing or have the wrong type.
 
     ``problems`` holds ``(key, expected)`` pairs, e.g. ``("limit", "int")``.
+    Uncaught in a task, it fails the job with code ``invalid_params`` and its
+    message: bad parameters are the caller's mistake, not a crash.
     """
+
+    #: The job's error code when a task lets this exception escape.
+    error_code: str = "invalid_params"
 
     def __init__(self, message: str, problems: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(message)

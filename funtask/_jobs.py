@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from ._duration import format_duration
-from ._errors import JobCancelled
+from ._errors import JobCancelled, ParamError
 from ._params import Params
 from ._result import Result, fail, fail_from_error
 from ._run import Run
@@ -265,6 +265,8 @@ class JobRunner:
                 result = result._copy(message=type(error).__name__)
             if result.error_code == "panic":
                 job.run.log.error("task raised %s", type(error).__name__, exc_info=error)
+            elif isinstance(error, ParamError):  # the caller's mistake: no traceback
+                job.run.log.info("invalid parameters: %s", result.message)
             else:
                 job.run.log.info("task failed with %s", result.error_code, exc_info=error)
             return result

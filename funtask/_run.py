@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, MutableMapping
@@ -18,11 +20,11 @@ task_logger: Final = logging.getLogger("funtask.task")
 
 
 class Progress(NamedTuple):
-    """Structured progress: ``current`` of ``total``, and the integer ``percent``."""
+    """Structured progress: ``current`` of ``total``, and ``percent`` as Go computes it."""
 
     current: int
     total: int
-    percent: int
+    percent: float
 
 
 class RunState(NamedTuple):
@@ -49,6 +51,18 @@ def _noop() -> None:
     pass
 
 
+_FLOAT_MAX: Final = sys.float_info.max
+
+
+def _huge_percent(current: int, total: int) -> float:
+    """The percent for counts beyond a float's range, kept finite so JSON can carry it."""
+    try:
+        percent = current * 100 / total  # exact integer division, rounded once
+    except OverflowError:
+        percent = math.inf if current > 0 else -math.inf
+    return max(-_FLOAT_MAX, min(_FLOAT_MAX, percent))
+
+
 class Run:
     """The context of one job: its identity, progress reporting and cancellation flag.
 
@@ -73,7 +87,7 @@ class Run:
         self._steps: deque[str] = deque(maxlen=max_steps)
         # (step, current, total, percent, last_step_at): a plain tuple swapped atomically;
         # the RunState snapshot is built only when someone reads it.
-        self._raw: tuple[str, int | None, int, int, float | None] = ("", None, 0, 0, None)
+        self._raw: tuple[str, int | None, int, float, float | None] = ("", None, 0, 0.0, None)
         self._cancelled = False  # set once from the Trio thread; a bool store is atomic
         self._on_change = on_change
         self._step_log_level = step_log_level
@@ -118,7 +132,9 @@ class Run:
     def progress(self, current: int, total: int, message: str = "") -> None:
         """Report ``current`` of ``total`` items done, with an optional step message.
 
-        ``percent`` is ``current * 100 // total``, or 0 when ``total <= 0``.
+        ``percent`` is the float ``current * 100 / total`` as Go's ``float64``
+        computes it, unrounded (1 of 3 is ``33.333333333333336``), or 0.0 when
+        ``total <= 0``.
         """
         if type(current) is not int or type(total) is not int:  # fast path: plain ints
             for name, value in (("current", current), ("total", total)):
@@ -126,7 +142,12 @@ class Run:
                     raise TypeError(f"{name} must be an int, not {value!r}")
         if type(message) is not str and not isinstance(message, str):
             raise TypeError(f"message must be a str, not {message!r}")
-        percent = current * 100 // total if total > 0 else 0
+        try:
+            percent = current * 100.0 / total if total > 0 else 0.0  # Go's float64 arithmetic
+        except OverflowError:
+            percent = _huge_percent(current, total)
+        if not -_FLOAT_MAX <= percent <= _FLOAT_MAX:
+            percent = _huge_percent(current, total)
         step = self._raw[0]
         if message and message != step:
             self._note_step(message)

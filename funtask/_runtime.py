@@ -194,8 +194,7 @@ class Runtime:
                     "duration": last.duration,
                 }
                 if not last.success:
-                    last_job["error"] = last.result.error_code
-                    last_job["message"] = last.result.message
+                    last_job["error"] = last.response["error"]
                 doc["lastJob"] = last_job
                 doc["results"] = [record.entry for record in slot.history]
             tasks[name] = doc

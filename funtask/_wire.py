@@ -99,10 +99,9 @@ def finished_job(
         if result.last_step:
             error["step"] = result.last_step
         response["error"] = error
-        entry["error"] = result.error_code
+        # The same object as the job response's (Go's history entries embed it).
         entry["message"] = result.message
-        if result.last_step:
-            entry["step"] = result.last_step
+        entry["error"] = error
     entry["finished"] = rfc3339(wall)
     body = dumps(response)
     return FinishedJob(task, job_id, result, text, wall, response, body, entry)

@@ -250,6 +250,10 @@ def test_run_then_stop_a_countdown(page: Page) -> None:
     failing.locator(".run-button").click()
     expect(failing.locator(".last-result .error-code")).to_have_text("demo_error")
     expect(failing.locator(".last-result")).to_contain_text("this task always fails")
+    expect(failing.locator(".last-result")).to_contain_text("at step “connecting”")
+    failing.locator(".history summary").click()
+    expect(failing.locator(".history-item .error-code")).to_have_text("demo_error")
+    expect(failing.locator(".history-item")).to_contain_text("this task always fails")
     expect(page.locator("#count-failed")).to_have_text("1")
 
     countdown = card(page, "countdown")

@@ -441,9 +441,12 @@ async def test_result_over_10_mib_is_result_too_large(
         "jobId": "big",
         "success": False,
         "duration": "0s",
-        "error": "result_too_large",
         "message": "result exceeds maximum size (10 MB)",
-        "step": "exporting",
+        "error": {
+            "code": "result_too_large",
+            "message": "result exceeds maximum size (10 MB)",
+            "step": "exporting",
+        },
     }
 
 
@@ -560,7 +563,7 @@ async def test_stop_during_a_sync_run(autojump_clock: MockClock, tmp_path: Path)
     assert body["jobId"] == "s1"
     assert stored.json() == body
     assert health["tasks"]["sleeper"]["status"] == "idle"
-    assert health["tasks"]["sleeper"]["lastJob"]["error"] == "cancelled"
+    assert health["tasks"]["sleeper"]["lastJob"]["error"]["code"] == "cancelled"
 
 
 async def test_stop_with_nothing_running_and_unknown_task(
@@ -754,8 +757,11 @@ async def test_max_duration_async_run(
         "jobId": "m1",
         "success": False,
         "duration": "10m0s",
-        "error": "max_duration_exceeded",
-        "message": "job exceeded maximum duration (10m0s)",
+        "error": {
+            "code": "max_duration_exceeded",
+            "message": "job exceeded maximum duration (10m0s)",
+            "step": "sleeping",
+        },
     }
 
 
@@ -1202,17 +1208,15 @@ async def test_health_while_a_job_runs(autojump_clock: MockClock, tmp_path: Path
         "jobId": "c1",
         "success": False,
         "duration": "2.6s",
-        "error": "cancelled",
-        "message": "job cancelled via /stop",
+        "error": {"code": "cancelled", "message": "job cancelled via /stop", "step": "T-3"},
     }
     assert [pop_finished(entry) for entry in task["results"]] == [
         {
             "jobId": "c1",
             "success": False,
             "duration": "2.6s",
-            "error": "cancelled",
             "message": "job cancelled via /stop",
-            "step": "T-3",
+            "error": {"code": "cancelled", "message": "job cancelled via /stop", "step": "T-3"},
         }
     ]
 
@@ -1286,9 +1290,8 @@ async def test_health_history_newest_first_and_bounded(
                 "jobId": f"{task}-4",
                 "success": False,
                 "duration": "4s",
-                "error": "odd_failure",
                 "message": "job 4 failed",
-                "step": "checking",
+                "error": {"code": "odd_failure", "message": "job 4 failed", "step": "checking"},
             }
         return {
             "jobId": f"{task}-{n}",
@@ -1326,16 +1329,15 @@ async def test_health_last_job_of_a_failure(autojump_clock: MockClock, tmp_path:
         "jobId": "b1",
         "success": False,
         "duration": "12ms",
-        "error": "db_error",
-        "message": "try later",
+        "error": {"code": "db_error", "message": "try later"},
     }
     assert [pop_finished(e) for e in task["results"]] == [
         {
             "jobId": "b1",
             "success": False,
             "duration": "12ms",
-            "error": "db_error",
             "message": "try later",
+            "error": {"code": "db_error", "message": "try later"},
         }
     ]
 

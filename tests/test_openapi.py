@@ -432,8 +432,8 @@ async def test_busy_running_stop_and_health_conform(
         current = document["tasks"]["sleeper"]["currentJob"]
         assert current["progress"] == {"current": 1, "total": 4, "percent": 25}
         assert current["lastStepAt"].endswith("Z")
-        assert document["tasks"]["fails"]["lastJob"]["error"] == "db_error"
-        assert document["tasks"]["fails"]["results"][0]["step"] == "connecting"
+        assert document["tasks"]["fails"]["lastJob"]["error"]["code"] == "db_error"
+        assert document["tasks"]["fails"]["results"][0]["error"]["step"] == "connecting"
 
         stop = await client.post("/stop/sleeper")
         assert conforms(stop, "/stop/{task}", "post")["message"] == "Cancellation requested"

@@ -106,26 +106,27 @@ class TestProgress:
     @pytest.mark.parametrize(
         ("current", "total", "percent"),
         [
-            (3, 5, 60),
-            (0, 5, 0),
-            (5, 5, 100),
-            (1, 3, 33),
-            (2, 3, 66),
-            (999, 1000, 99),
-            (0, 0, 0),
-            (5, 0, 0),
-            (3, -5, 0),
-            (0, -1, 0),
+            (3, 5, 60.0),
+            (0, 5, 0.0),
+            (5, 5, 100.0),
+            (1, 3, 33.333333333333336),  # Go's float64, unrounded
+            (2, 3, 66.66666666666667),
+            (999, 1000, 99.9),
+            (7, 5, 140.0),
+            (0, 0, 0.0),
+            (5, 0, 0.0),
+            (3, -5, 0.0),
+            (0, -1, 0.0),
         ],
     )
-    def test_percent(self, current: int, total: int, percent: int) -> None:
+    def test_percent(self, current: int, total: int, percent: float) -> None:
         run = make_run()
         run.progress(current, total)
         progress = run.state.progress
         assert progress is not None
         assert progress == funtask.Progress(current, total, percent)
         assert (progress.current, progress.total, progress.percent) == (current, total, percent)
-        assert type(progress.percent) is int
+        assert type(progress.percent) is float
 
     def test_progress_with_message_records_step(self) -> None:
         run = make_run()
@@ -133,7 +134,7 @@ class TestProgress:
         run.progress(2, 3, "item 2")
         assert run.steps == ["item 1", "item 2"]
         assert run.state.step == "item 2"
-        assert run.state.progress == funtask.Progress(2, 3, 66)
+        assert run.state.progress == funtask.Progress(2, 3, 66.66666666666667)
 
     def test_progress_without_message_keeps_previous_step(self) -> None:
         run = make_run()

@@ -244,7 +244,7 @@ class TestCallingTasks:
             await countdown(make_run(), make_params({}))
         except funtask.ParamError as exc:
             result = funtask.fail_from_error(exc, "bad_params")
-        assert result.error_code == "bad_params"
+        assert result.error_code == "invalid_params"  # ParamError carries its own code
         assert "start" in result.message
 
     def test_sync_task_direct_call(self) -> None:
