@@ -152,8 +152,10 @@ class Settings:
             problems.append(
                 f"dead letter directory required (dead_letter_dir= or ${ENV_DEAD_LETTER_DIR})"
             )
-        elif not os.path.isdir(directory):
+        elif not os.path.exists(directory):
             problems.append(f"dead letter directory {directory!r} does not exist")
+        elif not os.path.isdir(directory):
+            problems.append(f"dead letter directory {directory!r} is not a directory")
         elif not os.access(directory, os.W_OK | os.X_OK):
             problems.append(f"dead letter directory {directory!r} is not writable")
         entries = self.callback_allowlist

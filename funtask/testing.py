@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -89,8 +92,47 @@ async def open_test_client(
     ``callback_transport`` (e.g. ``httpx.MockTransport`` or
     a transport to an in-process ASGI receiver) receives the server's callback POSTs
     instead of the network.
+
+    A server configured without a token or a dead-letter directory (neither
+    as a keyword nor in the environment) gets, for this block only, a
+    generated token and a temporary dead-letter directory that is removed
+    afterwards; configured ones are used as they are.
     """
-    server.validate()  # a ConfigError surfaces as itself, not inside an exception group
+    with _test_defaults(server):
+        server.validate()  # a ConfigError surfaces as itself, not inside an exception group
+        async with _open_client(server, authorized, base_url, callback_transport) as client:
+            yield client
+
+
+@contextmanager
+def _test_defaults(server: Server) -> Iterator[None]:
+    """Give ``server`` a token and a dead-letter dir for a test when it has none."""
+    settings = server.settings
+    changes: dict[str, Any] = {}
+    with ExitStack() as stack:
+        if not settings.resolved_tokens():
+            changes["auth_token"] = "test-" + secrets.token_urlsafe(16)
+        if settings.resolved_dead_letter_dir() is None:
+            changes["dead_letter_dir"] = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="funtask-test-dead-letters-")
+            )
+        if not changes:
+            yield
+            return
+        server.settings = dataclasses.replace(settings, **changes)
+        try:
+            yield
+        finally:
+            server.settings = settings
+
+
+@asynccontextmanager
+async def _open_client(
+    server: Server,
+    authorized: bool,
+    base_url: str,
+    callback_transport: httpx.AsyncBaseTransport | None,
+) -> AsyncIterator[httpx.AsyncClient]:
     async with trio.open_nursery() as requests:
         async with (
             server._open_runtime(callback_transport=callback_transport) as runtime,

@@ -215,14 +215,15 @@ class TestDeadLetterDir:
     def test_missing_dir(self, tmp_path: Path) -> None:
         missing = tmp_path / "does-not-exist"
         message = problems_of(valid_server(tmp_path, dead_letter_dir=missing))
-        assert str(missing) in message
+        assert f"dead letter directory {str(missing)!r} does not exist" in message
         assert not missing.exists()  # validation never creates it
 
     def test_not_a_directory(self, tmp_path: Path) -> None:
         file = tmp_path / "file.txt"
         file.write_text("x")
         message = problems_of(valid_server(tmp_path, dead_letter_dir=file))
-        assert str(file) in message
+        assert f"dead letter directory {str(file)!r} is not a directory" in message
+        assert "does not exist" not in message
 
     @pytest.mark.skipif(
         not hasattr(os, "geteuid") or os.geteuid() == 0,

@@ -6,14 +6,18 @@ import logging
 import math
 from collections import OrderedDict
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 import funtask
-from funtask.testing import make_params, make_raw_params, make_run
+from funtask.testing import make_params, make_raw_params, make_run, open_test_client
+
+from _support import wait_until
 
 # -- a real task, as a user would write it (SPEC section 3) --------------------
 
@@ -303,3 +307,74 @@ class TestCancellation:
         with trio.move_on_after(1.5):
             await countdown(run, make_params({"start": 5}))
         assert run.cancelled is False
+
+
+class TestOpenTestClientDefaults:
+    """``open_test_client`` works for a server built without a token or dead-letter dir."""
+
+    @staticmethod
+    def bare_server(**config: Any) -> funtask.Server:
+        server = funtask.Server("bare", **config)
+
+        @server.task
+        async def hello(run: funtask.Run, params: funtask.Params) -> funtask.Result:
+            return funtask.ok("hi")
+
+        @server.task
+        async def slow(run: funtask.Run, params: funtask.Params) -> funtask.Result:
+            await trio.sleep(3600)
+            return funtask.ok()
+
+        return server
+
+    @pytest.fixture(autouse=True)
+    def no_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("FUNTASK_AUTH_TOKEN", raising=False)
+        monkeypatch.delenv("FUNTASK_DEAD_LETTER_DIR", raising=False)
+
+    async def test_generated_token_and_temporary_dead_letter_dir(
+        self, autojump_clock: MockClock
+    ) -> None:
+        server = self.bare_server(sync_timeout=10)
+        original = server.settings
+        async with open_test_client(server) as client:
+            assert (await client.post("/run/hello")).json()["message"] == "hi"
+            unauthorized = await client.get("/health", headers={"Authorization": "Bearer x"})
+            assert unauthorized.status_code == 401
+            directory = Path(str(server.settings.dead_letter_dir))
+            assert directory.is_dir()
+            timed_out = await client.post("/run/slow", json={"jobId": "late"})
+            assert timed_out.status_code == 504
+            await wait_until(lambda: list(directory.glob("late*.json")))  # unsent: dead-lettered
+        assert not directory.exists()  # removed afterwards
+        assert server.settings is original  # the server is left as it was configured
+        with pytest.raises(funtask.ConfigError, match="auth token required"):
+            server.validate()
+
+    async def test_configured_token_and_dir_are_used_as_is(
+        self, autojump_clock: MockClock, tmp_path: Path
+    ) -> None:
+        server = self.bare_server(auth_token="mine", dead_letter_dir=tmp_path)
+        async with open_test_client(server) as client:
+            assert client.headers["Authorization"] == "Bearer mine"
+            assert server.settings.dead_letter_dir == tmp_path
+            assert (await client.get("/health")).status_code == 200
+        assert tmp_path.is_dir()
+
+    async def test_environment_is_configuration(
+        self, autojump_clock: MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("FUNTASK_AUTH_TOKEN", "from-env")
+        monkeypatch.setenv("FUNTASK_DEAD_LETTER_DIR", str(tmp_path))
+        server = self.bare_server()
+        async with open_test_client(server) as client:
+            assert client.headers["Authorization"] == "Bearer from-env"
+            assert server.settings.dead_letter_dir is None  # resolved from the environment
+        assert tmp_path.is_dir()
+
+    async def test_other_problems_are_still_reported(self, autojump_clock: MockClock) -> None:
+        server = self.bare_server(callback_retries=0)
+        with pytest.raises(funtask.ConfigError) as caught:
+            async with open_test_client(server):
+                pass  # pragma: no cover
+        assert caught.value.problems == ("callback_retries must be an int >= 1, not 0",)
