@@ -196,7 +196,8 @@ class CallbackReceiver:
                 for name, value in response.headers.items():
                     if name.lower() != "content-length":
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(response.content)))
+                if response.status_code not in (204, 304):  # the two that have no body
+                    self.send_header("Content-Length", str(len(response.content)))
                 self.end_headers()
                 self.wfile.write(response.content)
 
