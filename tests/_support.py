@@ -55,11 +55,12 @@ def add_sleeper(
     step: str | None = "sleeping",
     progress: tuple[int, int, str] | None = None,
     started: trio.Event | None = None,
+    message: str = "slept",
     **options: Any,
 ) -> None:
     """Add a task that reports ``step`` (or ``progress``), sets ``started``, then sleeps.
 
-    It sleeps ``seconds`` (``math.inf``: until cancelled) and returns ``ok("slept")``.
+    It sleeps ``seconds`` (``math.inf``: until cancelled) and returns ``ok(message)``.
     """
 
     async def sleeper(run: funtask.Run, params: funtask.Params) -> funtask.Result:
@@ -70,7 +71,7 @@ def add_sleeper(
         if started is not None:
             started.set()
         await trio.sleep(seconds)
-        return funtask.ok("slept")
+        return funtask.ok(message)
 
     server.add_task(name, sleeper, **options)
 
@@ -119,6 +120,38 @@ def add_raiser(
         raise error()
 
     server.add_task(name, raise_, **options)
+
+
+def add_stubborn(
+    server: funtask.Server,
+    name: str = "stubborn",
+    *,
+    shielded: float,
+    started: trio.Event | None = None,
+    returns: bool = False,
+) -> None:
+    """Add a task that survives its first cancellation for ``shielded`` seconds.
+
+    It reports the step ``"stubborn"``, sets ``started`` and sleeps an hour; once
+    cancelled it sleeps ``shielded`` seconds more, shielded, and then re-raises the
+    cancellation or, with ``returns``, returns ``ok("finished anyway")``.
+    """
+
+    async def stubborn(run: funtask.Run, params: funtask.Params) -> funtask.Result:
+        run.step("stubborn")
+        if started is not None:
+            started.set()
+        try:
+            await trio.sleep(3600)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(shielded)
+            if returns:
+                return funtask.ok("finished anyway")
+            raise
+        return funtask.ok("slept an hour")
+
+    server.add_task(name, stubborn)
 
 
 # -- callback receivers ------------------------------------------------------------------
