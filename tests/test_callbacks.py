@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -49,6 +50,21 @@ async def start_async(client: httpx.AsyncClient, task: str, job_id: str, **body:
     assert response.json() == {"jobId": job_id}
 
 
+async def deliver(
+    server: funtask.Server, receiver: CallbackReceiver, job_id: str, **body: Any
+) -> tuple[float, dict[str, Any]]:
+    """Run ``quick`` as ``job_id`` in async mode until its delivery ends.
+
+    Returns when the job was started and its stored result.
+    """
+    async with open_test_client(server, callback_transport=receiver.transport()) as client:
+        start = trio.current_time()
+        await start_async(client, "quick", job_id, **body)
+        await wait_idle(client, "quick")
+        stored = (await client.get(f"/result/{quote(job_id, safe='')}")).json()
+    return start, stored
+
+
 async def test_result_is_posted_and_dead_letter_removed(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
@@ -60,10 +76,7 @@ async def test_result_is_posted_and_dead_letter_removed(
 
     receiver = CallbackReceiver(answer)
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "job-1", params={"n": 7})
-        await wait_idle(client, "quick")
-        stored = (await client.get("/result/job-1")).json()
+    _, stored = await deliver(server, receiver, "job-1", params={"n": 7})
     assert len(receiver.attempts) == 1
     _, request, body = receiver.attempts[0]
     assert str(request.url) == HOOK
@@ -81,10 +94,7 @@ async def test_retry_schedule_in_virtual_seconds(
 ) -> None:
     receiver = CallbackReceiver([500, 500, 500, 500, 200])
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        start = trio.current_time()
-        await start_async(client, "quick", "r")
-        await wait_idle(client, "quick")
+    start, _ = await deliver(server, receiver, "r")
     assert receiver.times(start) == [0, 1, 6, 21, 81]
     assert dead_letters(tmp_path) == []
 
@@ -94,11 +104,7 @@ async def test_final_failure_keeps_the_dead_letter(
 ) -> None:
     receiver = CallbackReceiver(500)
     server = make_server(tmp_path, callback_retries=7)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        start = trio.current_time()
-        await start_async(client, "quick", "lost?")
-        await wait_idle(client, "quick")
-        stored = (await client.get("/result/lost%3F")).json()
+    start, stored = await deliver(server, receiver, "lost?")
     assert receiver.times(start) == [0, 1, 6, 21, 81, 201, 321]
     [letter] = dead_letters(tmp_path)
     assert letter.name == "lost%3F.json"
@@ -119,10 +125,7 @@ async def test_retry_after_is_honoured_and_capped(
 ) -> None:
     receiver = CallbackReceiver([httpx.Response(429, headers={"Retry-After": header}), 200])
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        start = trio.current_time()
-        await start_async(client, "quick", "ra")
-        await wait_idle(client, "quick")
+    start, _ = await deliver(server, receiver, "ra")
     assert receiver.times(start) == [0, expected_gap]
 
 
@@ -131,9 +134,7 @@ async def test_redirects_are_failures(autojump_clock: MockClock, tmp_path: Path)
         httpx.Response(307, headers={"Location": "https://evil.example.com/"})
     )
     server = make_server(tmp_path, callback_retries=2)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "redir")
-        await wait_idle(client, "quick")
+    await deliver(server, receiver, "redir")
     assert receiver.urls == [HOOK, HOOK]
     meta = json.loads(dead_letters(tmp_path)[0].read_text())["deadLetter"]
     assert meta["lastError"] == "HTTP 307"
@@ -157,9 +158,7 @@ async def test_transport_errors_are_retried(autojump_clock: MockClock, tmp_path:
     refused = httpx.ConnectError("connection refused")
     receiver = CallbackReceiver([refused, refused, 204])
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "ce")
-        await wait_idle(client, "quick")
+    await deliver(server, receiver, "ce")
     assert len(receiver.attempts) == 3
     assert dead_letters(tmp_path) == []
 
@@ -271,9 +270,7 @@ async def test_signed_callbacks(
 ) -> None:
     receiver = CallbackReceiver([500, 200])
     server = make_server(tmp_path, callback_signing_secret=configured)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "signed/1")
-        await wait_idle(client, "quick")
+    await deliver(server, receiver, "signed/1")
     assert len(receiver.attempts) == 2
     ids = set()
     for _, request, body in receiver.attempts:
@@ -290,9 +287,7 @@ async def test_unsigned_callbacks_carry_no_signature(
 ) -> None:
     receiver = CallbackReceiver()
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "plain")
-        await wait_idle(client, "quick")
+    await deliver(server, receiver, "plain")
     assert "webhook-signature" not in receiver.attempts[0][1].headers
 
 

@@ -113,6 +113,20 @@ def failure(job_id: str, duration: str, ms: int, **error: str) -> dict[str, Any]
     }
 
 
+def overrun(
+    job_id: str, duration: str, ms: int, *, limit: str = "10m0s", **error: str
+) -> dict[str, Any]:
+    """The job response of a job stopped by its max duration of ``limit``."""
+    return failure(
+        job_id,
+        duration,
+        ms,
+        code="max_duration_exceeded",
+        message=f"job exceeded maximum duration ({limit})",
+        **error,
+    )
+
+
 def timestamp(text: str) -> datetime:
     """Check ``text`` is RFC 3339 in UTC with a ``Z`` and return it parsed."""
     assert RFC3339_UTC.fullmatch(text), text
@@ -679,14 +693,7 @@ async def test_max_duration_async_run(
         health = (await client.get("/health")).json()
         assert trio.current_time() - start == pytest.approx(600.5)
     assert stored.status_code == 200
-    assert stored.json() == failure(
-        "m1",
-        "10m0s",
-        600_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="sleeping",
-    )
+    assert stored.json() == overrun("m1", "10m0s", 600_000, step="sleeping")
     assert pop_finished(health["tasks"]["sleeper"]["lastJob"]) == {
         "jobId": "m1",
         "success": False,
@@ -707,14 +714,7 @@ async def test_max_duration_sync_run(
         response = await client.post("/run/sleeper", json={"jobId": "m2"})
         assert trio.current_time() - start == 600
     assert response.status_code == 200
-    assert response.json() == failure(
-        "m2",
-        "10m0s",
-        600_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="sleeping",
-    )
+    assert response.json() == overrun("m2", "10m0s", 600_000, step="sleeping")
 
 
 @pytest.mark.parametrize(
@@ -727,13 +727,7 @@ async def test_max_duration_message_formats(
     server = make_server(tmp_path, max_duration=max_duration, sync_timeout=3 * 3600)
     add_sleeper(server, seconds=math.inf, step=None)
     response = await run_once(server, "sleeper")
-    assert response.json() == failure(
-        "j1",
-        text,
-        ms,
-        code="max_duration_exceeded",
-        message=f"job exceeded maximum duration ({text})",
-    )
+    assert response.json() == overrun("j1", text, ms, limit=text)
 
 
 async def test_max_duration_overrides_after_a_504(
@@ -748,14 +742,7 @@ async def test_max_duration_overrides_after_a_504(
         assert trio.current_time() - start == pytest.approx(60)
         assert response.status_code == 504
         stored = await wait_for_result(client, "m3")
-    assert stored.json() == failure(
-        "m3",
-        "17m40s",
-        1_060_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="stubborn",
-    )
+    assert stored.json() == overrun("m3", "17m40s", 1_060_000, step="stubborn")
 
 
 async def test_max_duration_overrides_what_the_task_returned(
@@ -770,14 +757,7 @@ async def test_max_duration_overrides_what_the_task_returned(
         assert (await client.get("/result/m4")).status_code == 404
         await trio.sleep(4)
         stored = await client.get("/result/m4")
-    assert stored.json() == failure(
-        "m4",
-        "10m5s",
-        605_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="stubborn",
-    )
+    assert stored.json() == overrun("m4", "10m5s", 605_000, step="stubborn")
 
 
 async def test_max_duration_overrides_an_earlier_stop(
@@ -792,14 +772,7 @@ async def test_max_duration_overrides_an_earlier_stop(
         await trio.sleep(1)
         await client.post("/stop/stubborn")
         response = await pending.response()
-    assert response.json() == failure(
-        "m5",
-        "11m41s",
-        701_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="stubborn",
-    )
+    assert response.json() == overrun("m5", "11m41s", 701_000, step="stubborn")
 
 
 async def test_job_finishing_before_max_duration_is_untouched(
