@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -180,7 +180,7 @@ class CallbackReceiver:
 
     def __init__(
         self,
-        answers: Answer | Sequence[Answer] | Callable[[httpx.Request], Answer] = 200,
+        answers: Answer | list[Answer] | Callable[[httpx.Request], Answer] = 200,
         *,
         delay: float = 0.0,
     ) -> None:
@@ -258,7 +258,7 @@ class CallbackReceiver:
         answers = self.answers
         if callable(answers):
             answer = answers(attempt.request)
-        elif isinstance(answers, (list, tuple)):
+        elif isinstance(answers, list):
             answer = answers[min(len(self.attempts), len(answers)) - 1]
         else:
             answer = answers
