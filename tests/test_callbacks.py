@@ -9,9 +9,9 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -21,34 +21,9 @@ from trio.testing import MockClock
 import funtask
 from funtask.testing import open_test_client
 
-from _support import build_server, wait_until
+from _support import CallbackReceiver, build_server, wait_idle, wait_until
 
 HOOK = "https://hooks.example.com/hooks/done"
-
-
-class Receiver:
-    """An in-process callback receiver recording each attempt's virtual time."""
-
-    def __init__(self, answers: Callable[[int], httpx.Response] | None = None) -> None:
-        self.answers = answers or (lambda attempt: httpx.Response(200))
-        self.attempts: list[tuple[float, httpx.Request, bytes]] = []
-        self.checks: list[Any] = []
-        self.changed = trio.Event()
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        self.attempts.append((trio.current_time(), request, body))
-        for check in self.checks:
-            check(request)
-        self.changed.set()
-        self.changed = trio.Event()
-        return self.answers(len(self.attempts))
-
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
-    def times(self, origin: float) -> list[float]:
-        return [round(t - origin, 3) for t, _, _ in self.attempts]
 
 
 def make_server(tmp_path: Path, **config: Any) -> funtask.Server:
@@ -75,25 +50,33 @@ async def start_async(client: httpx.AsyncClient, task: str, job_id: str, **body:
     assert response.json() == {"jobId": job_id}
 
 
-async def wait_idle(client: httpx.AsyncClient, task: str) -> None:
-    async def idle() -> bool:
-        health = (await client.get("/health")).json()
-        return bool(health["tasks"][task]["status"] == "idle")
+async def deliver(
+    server: funtask.Server, receiver: CallbackReceiver, job_id: str, **body: Any
+) -> tuple[float, dict[str, Any]]:
+    """Run ``quick`` as ``job_id`` in async mode until its delivery ends.
 
-    await wait_until(idle, interval=0.25)
+    Returns when the job was started and its stored result.
+    """
+    async with open_test_client(server, callback_transport=receiver.transport()) as client:
+        start = trio.current_time()
+        await start_async(client, "quick", job_id, **body)
+        await wait_idle(client, "quick")
+        stored = (await client.get(f"/result/{quote(job_id, safe='')}")).json()
+    return start, stored
 
 
 async def test_result_is_posted_and_dead_letter_removed(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    receiver = Receiver()
     seen_files: list[list[Path]] = []
-    receiver.checks.append(lambda request: seen_files.append(dead_letters(tmp_path)))
+
+    def answer(request: httpx.Request) -> int:
+        seen_files.append(dead_letters(tmp_path))
+        return 200
+
+    receiver = CallbackReceiver(answer)
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "job-1", params={"n": 7})
-        await wait_idle(client, "quick")
-        stored = (await client.get("/result/job-1")).json()
+    _, stored = await deliver(server, receiver, "job-1", params={"n": 7})
     assert len(receiver.attempts) == 1
     _, request, body = receiver.attempts[0]
     assert str(request.url) == HOOK
@@ -109,12 +92,9 @@ async def test_result_is_posted_and_dead_letter_removed(
 async def test_retry_schedule_in_virtual_seconds(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    receiver = Receiver(lambda n: httpx.Response(200 if n == 5 else 500))
+    receiver = CallbackReceiver([500, 500, 500, 500, 200])
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        start = trio.current_time()
-        await start_async(client, "quick", "r")
-        await wait_idle(client, "quick")
+    start, _ = await deliver(server, receiver, "r")
     assert receiver.times(start) == [0, 1, 6, 21, 81]
     assert dead_letters(tmp_path) == []
 
@@ -122,13 +102,9 @@ async def test_retry_schedule_in_virtual_seconds(
 async def test_final_failure_keeps_the_dead_letter(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    receiver = Receiver(lambda n: httpx.Response(500))
+    receiver = CallbackReceiver(500)
     server = make_server(tmp_path, callback_retries=7)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        start = trio.current_time()
-        await start_async(client, "quick", "lost?")
-        await wait_idle(client, "quick")
-        stored = (await client.get("/result/lost%3F")).json()
+    start, stored = await deliver(server, receiver, "lost?")
     assert receiver.times(start) == [0, 1, 6, 21, 81, 201, 321]
     [letter] = dead_letters(tmp_path)
     assert letter.name == "lost%3F.json"
@@ -147,73 +123,50 @@ async def test_final_failure_keeps_the_dead_letter(
 async def test_retry_after_is_honoured_and_capped(
     autojump_clock: MockClock, tmp_path: Path, header: str, expected_gap: float
 ) -> None:
-    receiver = Receiver(
-        lambda n: (
-            httpx.Response(200) if n == 2 else httpx.Response(429, headers={"Retry-After": header})
-        )
-    )
+    receiver = CallbackReceiver([httpx.Response(429, headers={"Retry-After": header}), 200])
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        start = trio.current_time()
-        await start_async(client, "quick", "ra")
-        await wait_idle(client, "quick")
+    start, _ = await deliver(server, receiver, "ra")
     assert receiver.times(start) == [0, expected_gap]
 
 
 async def test_redirects_are_failures(autojump_clock: MockClock, tmp_path: Path) -> None:
-    receiver = Receiver(
-        lambda n: httpx.Response(307, headers={"Location": "https://evil.example.com/"})
+    receiver = CallbackReceiver(
+        httpx.Response(307, headers={"Location": "https://evil.example.com/"})
     )
     server = make_server(tmp_path, callback_retries=2)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "redir")
-        await wait_idle(client, "quick")
-    assert [str(r.url) for _, r, _ in receiver.attempts] == [HOOK, HOOK]
+    await deliver(server, receiver, "redir")
+    assert receiver.urls == [HOOK, HOOK]
     meta = json.loads(dead_letters(tmp_path)[0].read_text())["deadLetter"]
     assert meta["lastError"] == "HTTP 307"
 
 
 async def test_per_attempt_timeout(autojump_clock: MockClock, tmp_path: Path) -> None:
-    times: list[float] = []
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        times.append(trio.current_time())
-        await trio.sleep(3600)
-        return httpx.Response(200)
-
+    receiver = CallbackReceiver(delay=3600)
     server = make_server(tmp_path, callback_retries=2, callback_timeout=10)
-    async with open_test_client(server, callback_transport=httpx.MockTransport(slow)) as client:
+    async with open_test_client(server, callback_transport=receiver.transport()) as client:
         start = trio.current_time()
         await start_async(client, "quick", "slow")
         await wait_idle(client, "quick")
         end = trio.current_time()
-    assert [t - start for t in times] == [0, 11]
+    assert receiver.times(start) == [0, 11]
     assert 21 <= end - start <= 21.25  # idle is polled every 0.25 virtual seconds
     meta = json.loads(dead_letters(tmp_path)[0].read_text())["deadLetter"]
     assert meta["lastError"] == "timed out after 10s"
 
 
 async def test_transport_errors_are_retried(autojump_clock: MockClock, tmp_path: Path) -> None:
-    calls = []
-
-    def refuse(request: httpx.Request) -> httpx.Response:
-        calls.append(1)
-        if len(calls) < 3:
-            raise httpx.ConnectError("connection refused")
-        return httpx.Response(204)
-
+    refused = httpx.ConnectError("connection refused")
+    receiver = CallbackReceiver([refused, refused, 204])
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=httpx.MockTransport(refuse)) as client:
-        await start_async(client, "quick", "ce")
-        await wait_idle(client, "quick")
-    assert len(calls) == 3
+    await deliver(server, receiver, "ce")
+    assert len(receiver.attempts) == 3
     assert dead_letters(tmp_path) == []
 
 
 async def test_slot_busy_and_result_visible_during_delivery(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    receiver = Receiver(lambda n: httpx.Response(500))
+    receiver = CallbackReceiver(500)
     server = make_server(tmp_path)
     async with open_test_client(server, callback_transport=receiver.transport()) as client:
         await start_async(client, "quick", "d1")
@@ -247,7 +200,7 @@ async def test_slot_busy_and_result_visible_during_delivery(
 async def test_no_callback_without_a_dead_letter(
     autojump_clock: MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    receiver = Receiver()
+    receiver = CallbackReceiver()
     directory = tmp_path / "dl"
     directory.mkdir()
     server = make_server(directory)
@@ -315,11 +268,9 @@ def verify_standard_webhook(secret: bytes, headers: httpx.Headers, body: bytes) 
 async def test_signed_callbacks(
     autojump_clock: MockClock, tmp_path: Path, configured: str | bytes, key: bytes
 ) -> None:
-    receiver = Receiver(lambda n: httpx.Response(200 if n == 2 else 500))
+    receiver = CallbackReceiver([500, 200])
     server = make_server(tmp_path, callback_signing_secret=configured)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "signed/1")
-        await wait_idle(client, "quick")
+    await deliver(server, receiver, "signed/1")
     assert len(receiver.attempts) == 2
     ids = set()
     for _, request, body in receiver.attempts:
@@ -334,18 +285,16 @@ async def test_signed_callbacks(
 async def test_unsigned_callbacks_carry_no_signature(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    receiver = Receiver()
+    receiver = CallbackReceiver()
     server = make_server(tmp_path)
-    async with open_test_client(server, callback_transport=receiver.transport()) as client:
-        await start_async(client, "quick", "plain")
-        await wait_idle(client, "quick")
+    await deliver(server, receiver, "plain")
     assert "webhook-signature" not in receiver.attempts[0][1].headers
 
 
 async def test_draining_makes_the_next_attempt_at_once_and_last(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    receiver = Receiver(lambda n: httpx.Response(500))
+    receiver = CallbackReceiver(500)
     server = make_server(tmp_path)
     async with open_test_client(server, callback_transport=receiver.transport()) as client:
         start = trio.current_time()
@@ -363,7 +312,7 @@ async def test_draining_makes_the_next_attempt_at_once_and_last(
 async def test_shutdown_cancels_and_delivers_once(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    receiver = Receiver(lambda n: httpx.Response(503))
+    receiver = CallbackReceiver(503)
     server = make_server(tmp_path)
     async with open_test_client(server, callback_transport=receiver.transport()) as client:
         await start_async(client, "sleeper", "running")
@@ -382,7 +331,7 @@ async def test_shutdown_cancels_and_delivers_once(
 async def test_job_ignoring_cancellation_becomes_worker_shutdown(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    receiver = Receiver()
+    receiver = CallbackReceiver()
     server = make_server(tmp_path, shutdown_timeout=10)
 
     @server.task

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 from trio.testing import MockClock
@@ -19,6 +14,8 @@ from trio.testing import MockClock
 from funtask.__main__ import main
 from funtask._deadletters import write_dead_letter
 from funtask._replay import replay_dead_letters
+
+from _support import CallbackReceiver
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,20 +51,15 @@ async def test_replay_removes_only_delivered_letters(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     await fill(tmp_path)
-    received: list[tuple[str, bytes]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        received.append((str(request.url), request.read()))
-        return httpx.Response(500 if "b" in str(request.url) else 204)
-
+    receiver = CallbackReceiver(lambda request: 500 if "b" in str(request.url) else 204)
     report = await replay_dead_letters(
-        str(tmp_path), to=None, timeout=5, transport=httpx.MockTransport(handler)
+        str(tmp_path), to=None, timeout=5, transport=receiver.transport()
     )
     assert [p.name for p in report.delivered] == ["a.json"]
     assert [(p.name, why) for p, why in report.failed] == [("b%2Fc.json", "HTTP 500")]
     assert [p.name for p, _ in report.skipped] == ["sync.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b%2Fc.json", "sync.json"]
-    urls = {url: json.loads(raw) for url, raw in received}
+    urls = dict(zip(receiver.urls, receiver.payloads, strict=True))
     assert urls["https://hooks.example.com/a?s=1"] == body("a")  # deadLetter stripped
     assert urls["https://h.example/b"] == body("b/c", False)
 
@@ -76,51 +68,21 @@ async def test_replay_to_one_url_signs_when_asked(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     await fill(tmp_path)
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200)
-
+    receiver = CallbackReceiver()
     report = await replay_dead_letters(
         str(tmp_path),
         to="https://replay.example.com/in",
         timeout=5,
         signing_secret="s3cret",
-        transport=httpx.MockTransport(handler),
+        transport=receiver.transport(),
     )
     assert len(report.delivered) == 3
     assert list(tmp_path.iterdir()) == []
-    assert {str(r.url) for r in seen} == {"https://replay.example.com/in"}
-    assert all(r.headers["webhook-signature"].startswith("v1,") for r in seen)
+    assert set(receiver.urls) == {"https://replay.example.com/in"}
+    assert all(a.request.headers["webhook-signature"].startswith("v1,") for a in receiver.attempts)
 
 
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, list[bytes]]]:
-    bodies: list[bytes] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers["Content-Length"])
-            bodies.append(self.rfile.read(length))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", bodies
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def test_cli_list_and_replay(tmp_path: Path, receiver: tuple[str, list[bytes]]) -> None:
+def test_cli_list_and_replay(tmp_path: Path) -> None:
     trio.run(fill, tmp_path)
     listing = subprocess.run(
         [sys.executable, "-m", "funtask", "dead-letters", "list", str(tmp_path)],
@@ -133,11 +95,11 @@ def test_cli_list_and_replay(tmp_path: Path, receiver: tuple[str, list[bytes]]) 
     assert "3 dead letter(s)" in listing.stdout
     assert "jobId='b/c'" in listing.stdout
     assert "s=1" not in listing.stdout  # query strings are never shown
-    url, bodies = receiver
-    with pytest.raises(SystemExit) as exit_info:
+    receiver = CallbackReceiver()
+    with receiver.listen() as url, pytest.raises(SystemExit) as exit_info:
         main(["dead-letters", "replay", str(tmp_path), "--to", url])
     assert exit_info.value.code == 0
-    assert sorted(json.loads(b)["jobId"] for b in bodies) == ["a", "b/c", "sync"]
+    assert sorted(payload["jobId"] for payload in receiver.payloads) == ["a", "b/c", "sync"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -32,7 +32,14 @@ from trio.testing import MockClock
 import funtask
 from funtask.testing import open_test_client
 
-from _support import TOKEN
+from _support import (
+    TOKEN,
+    add_failer,
+    add_raiser,
+    add_sleeper,
+    add_stubborn,
+    add_succeeder,
+)
 
 MAX_RESULT_SIZE = 10 * 1024 * 1024
 ALLOW = ["https://hooks.example.com"]
@@ -106,6 +113,20 @@ def failure(job_id: str, duration: str, ms: int, **error: str) -> dict[str, Any]
     }
 
 
+def overrun(
+    job_id: str, duration: str, ms: int, *, limit: str = "10m0s", **error: str
+) -> dict[str, Any]:
+    """The job response of a job stopped by its max duration of ``limit``."""
+    return failure(
+        job_id,
+        duration,
+        ms,
+        code="max_duration_exceeded",
+        message=f"job exceeded maximum duration ({limit})",
+        **error,
+    )
+
+
 def timestamp(text: str) -> datetime:
     """Check ``text`` is RFC 3339 in UTC with a ``Z`` and return it parsed."""
     assert RFC3339_UTC.fullmatch(text), text
@@ -135,11 +156,7 @@ async def test_exception_is_panic_and_traceback_only_in_the_log(
     autojump_clock: MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def explode(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        raise ValueError("boom")
-
+    add_raiser(server, "explode", lambda: ValueError("boom"))
     caplog.set_level(logging.DEBUG, logger="funtask")
     response = await run_once(server, "explode")
     assert response.status_code == 200
@@ -171,11 +188,7 @@ async def test_exception_without_message_reports_its_type_name(
     autojump_clock: MockClock, tmp_path: Path, exc: Exception, name: str
 ) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def silent(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        raise exc
-
+    add_raiser(server, "silent", lambda: exc)
     response = await run_once(server, "silent")
     assert response.json() == failure("j1", "0s", 0, code="panic", message=name)
 
@@ -202,11 +215,7 @@ async def test_task_error_without_user_message_uses_its_message(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def query(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        raise funtask.TaskError("db_error", "connection refused")
-
+    add_raiser(server, "query", lambda: funtask.TaskError("db_error", "connection refused"))
     response = await run_once(server, "query")
     assert response.json() == failure("j1", "0s", 0, code="db_error", message="connection refused")
 
@@ -262,10 +271,7 @@ class QuotaError(Exception):
 
 async def test_exception_carrying_error_code(autojump_clock: MockClock, tmp_path: Path) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def direct(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        raise QuotaError("over quota")
+    add_raiser(server, "direct", lambda: QuotaError("over quota"))
 
     @server.task
     async def chained(run: funtask.Run, params: funtask.Params) -> funtask.Result:
@@ -274,10 +280,7 @@ async def test_exception_carrying_error_code(autojump_clock: MockClock, tmp_path
         except QuotaError as exc:
             raise RuntimeError("upload failed") from exc
 
-    @server.task
-    async def empty(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        raise QuotaError()
-
+    add_raiser(server, "empty", QuotaError)
     async with open_test_client(server) as client:
         one = await client.post("/run/direct", json={"jobId": "a"})
         two = await client.post("/run/chained", json={"jobId": "b"})
@@ -467,10 +470,7 @@ async def test_error_step_is_the_last_step_reported(
         run.step("fetching")
         return funtask.Result(False, "nope", "bad_input", last_step="explicit")
 
-    @server.task
-    async def no_step(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        return funtask.fail("bad_input", "no steps at all")
-
+    add_failer(server, "no_step", "bad_input", "no steps at all")
     async with open_test_client(server) as client:
         one = (await client.post("/run/steps", json={"jobId": "a"})).json()
         two = (await client.post("/run/own_step", json={"jobId": "b"})).json()
@@ -487,21 +487,13 @@ async def test_success_omits_empty_message_and_data(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def bare(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.step("working")
-        await trio.sleep(1.234)
-        return funtask.ok()
+    add_sleeper(server, "bare", seconds=1.234, step="working", message="")
 
     @server.task
     async def data_only(run: funtask.Run, params: funtask.Params) -> funtask.Result:
         return funtask.ok().with_data("count", 3)
 
-    @server.task
-    async def message_only(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        return funtask.ok("done")
-
+    add_succeeder(server, "message_only", "done")
     async with open_test_client(server) as client:
         bare_body = (await client.post("/run/bare", json={"jobId": "a"})).json()
         data_body = (await client.post("/run/data_only", json={"jobId": "b"})).json()
@@ -528,13 +520,7 @@ async def test_success_omits_empty_message_and_data(
 
 async def test_stop_during_a_sync_run(autojump_clock: MockClock, tmp_path: Path) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def sleeper(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.step("sleeping")
-        await trio.sleep(3600)
-        return funtask.ok("slept")
-
+    add_sleeper(server)
     async with open_test_client(server) as client, trio.open_nursery() as nursery:
         pending = post_soon(nursery, client, "/run/sleeper", json={"jobId": "s1"})
         current = await wait_until_running(client, "sleeper")
@@ -570,11 +556,7 @@ async def test_stop_with_nothing_running_and_unknown_task(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def x(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        return funtask.ok()
-
+    add_succeeder(server, "x")
     async with open_test_client(server) as client:
         idle = await client.post("/stop/x")
         await client.post("/run/x")
@@ -592,11 +574,7 @@ async def test_stop_with_nothing_running_and_unknown_task(
 
 async def test_stop_requires_auth(autojump_clock: MockClock, tmp_path: Path) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def x(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        return funtask.ok()
-
+    add_succeeder(server, "x")
     async with open_test_client(server, authorized=False) as client:
         response = await client.post("/stop/x")
     assert response.status_code == 401
@@ -635,31 +613,12 @@ async def test_task_that_catches_cancellation_returns_its_own_result(
     }
 
 
-def _stubborn(started: trio.Event, shielded: float, *, returns: bool = False) -> Any:
-    """An async task that survives its first cancellation for ``shielded`` seconds."""
-
-    async def stubborn(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.step("stubborn")
-        started.set()
-        try:
-            await trio.sleep(3600)
-        except trio.Cancelled:
-            with trio.CancelScope(shield=True):
-                await trio.sleep(shielded)
-            if returns:
-                return funtask.ok("finished anyway")
-            raise
-        return funtask.ok("slept an hour")
-
-    return stubborn
-
-
 async def test_first_reason_wins_stop_then_sync_timeout(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     server = make_server(tmp_path, sync_timeout=10)
     started = trio.Event()
-    server.add_task("stubborn", _stubborn(started, 30))
+    add_stubborn(server, shielded=30, started=started)
 
     async with open_test_client(server) as client, trio.open_nursery() as nursery:
         pending = post_soon(nursery, client, "/run/stubborn", json={"jobId": "f1"})
@@ -696,7 +655,7 @@ async def test_first_reason_wins_sync_timeout_then_stop(
 ) -> None:
     server = make_server(tmp_path, sync_timeout=10)
     started = trio.Event()
-    server.add_task("stubborn", _stubborn(started, 30))
+    add_stubborn(server, shielded=30, started=started)
 
     async with open_test_client(server) as client:
         response = await client.post("/run/stubborn", json={"jobId": "f2"})
@@ -718,20 +677,12 @@ async def test_first_reason_wins_sync_timeout_then_stop(
 # -- 3. max_duration ---------------------------------------------------------------------
 
 
-def _hour_sleeper(server: funtask.Server) -> None:
-    @server.task
-    async def sleeper(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.step("sleeping")
-        await trio.sleep(3600)
-        return funtask.ok("slept")
-
-
 @pytest.mark.parametrize("max_duration", [600, 600.0, timedelta(minutes=10)])
 async def test_max_duration_async_run(
     autojump_clock: MockClock, tmp_path: Path, max_duration: float | timedelta
 ) -> None:
     server = make_server(tmp_path, max_duration=max_duration, callback_allowlist=ALLOW)
-    _hour_sleeper(server)
+    add_sleeper(server)
     async with open_test_client(server) as client:
         start = trio.current_time()
         accepted = await client.post("/run/sleeper", json={"jobId": "m1", "callbackUrl": CALLBACK})
@@ -745,14 +696,7 @@ async def test_max_duration_async_run(
         health = (await client.get("/health")).json()
         assert trio.current_time() - start == pytest.approx(600.5)
     assert stored.status_code == 200
-    assert stored.json() == failure(
-        "m1",
-        "10m0s",
-        600_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="sleeping",
-    )
+    assert stored.json() == overrun("m1", "10m0s", 600_000, step="sleeping")
     assert pop_finished(health["tasks"]["sleeper"]["lastJob"]) == {
         "jobId": "m1",
         "success": False,
@@ -770,20 +714,13 @@ async def test_max_duration_sync_run(
     autojump_clock: MockClock, tmp_path: Path, max_duration: float | timedelta
 ) -> None:
     server = make_server(tmp_path, max_duration=max_duration, sync_timeout=900)
-    _hour_sleeper(server)
+    add_sleeper(server)
     async with open_test_client(server) as client:
         start = trio.current_time()
         response = await client.post("/run/sleeper", json={"jobId": "m2"})
         assert trio.current_time() - start == 600
     assert response.status_code == 200
-    assert response.json() == failure(
-        "m2",
-        "10m0s",
-        600_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="sleeping",
-    )
+    assert response.json() == overrun("m2", "10m0s", 600_000, step="sleeping")
 
 
 @pytest.mark.parametrize(
@@ -794,20 +731,9 @@ async def test_max_duration_message_formats(
     autojump_clock: MockClock, tmp_path: Path, max_duration: float | timedelta, text: str, ms: int
 ) -> None:
     server = make_server(tmp_path, max_duration=max_duration, sync_timeout=3 * 3600)
-
-    @server.task
-    async def sleeper(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        await trio.sleep_forever()
-        return funtask.ok()  # pragma: no cover
-
+    add_sleeper(server, seconds=math.inf, step=None)
     response = await run_once(server, "sleeper")
-    assert response.json() == failure(
-        "j1",
-        text,
-        ms,
-        code="max_duration_exceeded",
-        message=f"job exceeded maximum duration ({text})",
-    )
+    assert response.json() == overrun("j1", text, ms, limit=text)
 
 
 async def test_max_duration_overrides_after_a_504(
@@ -815,28 +741,21 @@ async def test_max_duration_overrides_after_a_504(
 ) -> None:
     """The sync caller gets its 504 at 60 s; the job outlives the max duration."""
     server = make_server(tmp_path, max_duration=600, sync_timeout=60)
-    server.add_task("stubborn", _stubborn(trio.Event(), 1000))
+    add_stubborn(server, shielded=1000)
     async with open_test_client(server) as client:
         start = trio.current_time()
         response = await client.post("/run/stubborn", json={"jobId": "m3"})
         assert trio.current_time() - start == pytest.approx(60)
         assert response.status_code == 504
         stored = await wait_for_result(client, "m3")
-    assert stored.json() == failure(
-        "m3",
-        "17m40s",
-        1_060_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="stubborn",
-    )
+    assert stored.json() == overrun("m3", "17m40s", 1_060_000, step="stubborn")
 
 
 async def test_max_duration_overrides_what_the_task_returned(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     server = make_server(tmp_path, max_duration=600, callback_allowlist=ALLOW)
-    server.add_task("stubborn", _stubborn(trio.Event(), 5, returns=True))
+    add_stubborn(server, shielded=5, returns=True)
     async with open_test_client(server) as client:
         await client.post("/run/stubborn", json={"jobId": "m4", "callbackUrl": CALLBACK})
         await trio.sleep(602)
@@ -844,14 +763,7 @@ async def test_max_duration_overrides_what_the_task_returned(
         assert (await client.get("/result/m4")).status_code == 404
         await trio.sleep(4)
         stored = await client.get("/result/m4")
-    assert stored.json() == failure(
-        "m4",
-        "10m5s",
-        605_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="stubborn",
-    )
+    assert stored.json() == overrun("m4", "10m5s", 605_000, step="stubborn")
 
 
 async def test_max_duration_overrides_an_earlier_stop(
@@ -859,33 +771,21 @@ async def test_max_duration_overrides_an_earlier_stop(
 ) -> None:
     server = make_server(tmp_path, max_duration=600, sync_timeout=3600)
     started = trio.Event()
-    server.add_task("stubborn", _stubborn(started, 700, returns=True))
+    add_stubborn(server, shielded=700, started=started, returns=True)
     async with open_test_client(server) as client, trio.open_nursery() as nursery:
         pending = post_soon(nursery, client, "/run/stubborn", json={"jobId": "m5"})
         await started.wait()
         await trio.sleep(1)
         await client.post("/stop/stubborn")
         response = await pending.response()
-    assert response.json() == failure(
-        "m5",
-        "11m41s",
-        701_000,
-        code="max_duration_exceeded",
-        message="job exceeded maximum duration (10m0s)",
-        step="stubborn",
-    )
+    assert response.json() == overrun("m5", "11m41s", 701_000, step="stubborn")
 
 
 async def test_job_finishing_before_max_duration_is_untouched(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     server = make_server(tmp_path, max_duration=600, sync_timeout=900)
-
-    @server.task
-    async def quick(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        await trio.sleep(599.999)
-        return funtask.ok("in time")
-
+    add_sleeper(server, "quick", seconds=599.999, step=None, message="in time")
     response = await run_once(server, "quick")
     assert response.json() == {
         "jobId": "j1",
@@ -1160,14 +1060,14 @@ async def test_object_with_async_call_is_async(autojump_clock: MockClock, tmp_pa
 async def test_health_while_a_job_runs(autojump_clock: MockClock, tmp_path: Path) -> None:
     server = make_server(tmp_path)
     started = trio.Event()
-
-    @server.task(description="Counts down", example={"start": 5})
-    async def countdown(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.progress(3, 5, "T-3")
-        started.set()
-        await trio.sleep(3600)
-        return funtask.ok("done")
-
+    add_sleeper(
+        server,
+        "countdown",
+        progress=(3, 5, "T-3"),
+        started=started,
+        description="Counts down",
+        example={"start": 5},
+    )
     async with open_test_client(server) as client, trio.open_nursery() as nursery:
         pending = post_soon(nursery, client, "/run/countdown", json={"jobId": "c1"})
         await started.wait()
@@ -1226,19 +1126,8 @@ async def test_health_progress_only_when_total_is_positive(
 ) -> None:
     server = make_server(tmp_path)
     started = trio.Event()
-
-    @server.task
-    async def warming(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.progress(0, 0, "warming up")
-        started.set()
-        await trio.sleep(3600)
-        return funtask.ok()
-
-    @server.task
-    async def stepping(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        await trio.sleep(3600)
-        return funtask.ok()
-
+    add_sleeper(server, "warming", progress=(0, 0, "warming up"), started=started)
+    add_sleeper(server, "stepping", step=None)
     async with open_test_client(server) as client, trio.open_nursery() as nursery:
         first = post_soon(nursery, client, "/run/warming", json={"jobId": "w"})
         second = post_soon(nursery, client, "/run/stepping", json={"jobId": "s"})
@@ -1349,7 +1238,7 @@ async def test_health_uptime_is_rounded_to_the_second(
     autojump_clock: MockClock, tmp_path: Path, seconds: float, uptime: str
 ) -> None:
     server = make_server(tmp_path)
-    _hour_sleeper(server)
+    add_sleeper(server)
     async with open_test_client(server) as client:
         await trio.sleep(seconds)
         health = (await client.get("/health")).json()
@@ -1366,7 +1255,7 @@ async def test_health_uptime_follows_the_clock_between_requests(
 ) -> None:
     """Repeated /health on an idle server: each answer's uptime is rounded, not stale."""
     server = make_server(tmp_path)
-    _hour_sleeper(server)
+    add_sleeper(server)
     seen = []
     async with open_test_client(server) as client:
         for delay in (2.4, 0.2, 0.2, 0.7, 0.1):
@@ -1378,7 +1267,7 @@ async def test_health_uptime_follows_the_clock_between_requests(
 
 async def test_health_status_draining(autojump_clock: MockClock, tmp_path: Path) -> None:
     server = make_server(tmp_path)
-    _hour_sleeper(server)
+    add_sleeper(server)
     async with open_test_client(server) as client:
         before = (await client.get("/health")).json()
         assert server._runtime is not None
@@ -1397,7 +1286,7 @@ async def test_health_status_draining(autojump_clock: MockClock, tmp_path: Path)
 
 async def test_health_requires_auth(autojump_clock: MockClock, tmp_path: Path) -> None:
     server = make_server(tmp_path)
-    _hour_sleeper(server)
+    add_sleeper(server)
     async with open_test_client(server, authorized=False) as client:
         response = await client.get("/health")
         wrong = await client.get("/health", headers={"Authorization": "Bearer nope"})
@@ -1451,7 +1340,7 @@ async def test_result_of_a_running_job_is_not_found(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     server = make_server(tmp_path, callback_allowlist=ALLOW)
-    _hour_sleeper(server)
+    add_sleeper(server)
     async with open_test_client(server) as client:
         await client.post("/run/sleeper", json={"jobId": "busy", "callbackUrl": CALLBACK})
         await wait_until_running(client, "sleeper")
@@ -1551,10 +1440,7 @@ async def test_task_calling_sys_exit_is_panic(
     autojump_clock: MockClock, tmp_path: Path, args: tuple[int, ...], message: str
 ) -> None:
     server = make_server(tmp_path)
-
-    @server.task
-    async def quitter(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        raise SystemExit(*args)
+    add_raiser(server, "quitter", lambda: SystemExit(*args))
 
     @server.task
     def thread_quitter(run: funtask.Run, params: funtask.Params) -> funtask.Result:
@@ -1577,16 +1463,8 @@ async def test_task_raising_a_base_exception_subclass_is_panic(
     """SPEC 1: "Produced by the library, whatever the task does" -- one task must not
     take the whole server (every other job and the HTTP layer) down with it."""
     server = make_server(tmp_path)
-
-    @server.task
-    async def aborting(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.step("aborting")
-        raise Abort("stop everything")
-
-    @server.task
-    async def healthy(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        return funtask.ok("still here")
-
+    add_raiser(server, "aborting", lambda: Abort("stop everything"), step="aborting")
+    add_succeeder(server, "healthy", "still here")
     async with open_test_client(server) as client:
         response = await client.post("/run/aborting", json={"jobId": "ab"})
         after = await client.post("/run/healthy", json={"jobId": "ok"})
@@ -1631,10 +1509,7 @@ async def test_step_with_a_lone_surrogate_breaks_neither_health_nor_the_server(
         await trio.sleep(5)
         return funtask.fail("bad_input", "unreadable file")
 
-    @server.task
-    async def healthy(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        return funtask.ok("still here")
-
+    add_succeeder(server, "healthy", "still here")
     async with open_test_client(server) as client, trio.open_nursery() as nursery:
         pending = post_soon(nursery, client, "/run/odd_step", json={"jobId": "s"})
         await started.wait()
@@ -1660,11 +1535,7 @@ async def test_job_id_with_a_lone_surrogate_escape_does_not_crash_the_server(
     Either way the answer is a clean 200 or 400 and the server keeps serving.
     """
     server = make_server(tmp_path)
-
-    @server.task
-    async def greet(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        return funtask.ok("hello")
-
+    add_succeeder(server, "greet", "hello")
     async with open_test_client(server) as client:
         response = await client.post("/run/greet", content=b'{"jobId": "\\ud800"}')
         after = await client.post("/run/greet", json={"jobId": "next"})

@@ -27,7 +27,17 @@ import funtask
 from funtask._asgi_client import ASGIStreamTransport
 from funtask.testing import open_test_client
 
-from _support import TOKEN, build_server, wait_until
+from _support import (
+    TOKEN,
+    CallbackReceiver,
+    add_failer,
+    add_raiser,
+    add_succeeder,
+    build_server,
+    first_frame,
+    wait_idle,
+    wait_until,
+)
 
 DOCUMENT: dict[str, Any] = json.loads(files("funtask").joinpath("openapi.json").read_text("utf-8"))
 BASE_URI = "urn:funtask:openapi"
@@ -298,25 +308,17 @@ async def test_unknown_path_matches_not_found(autojump_clock: MockClock, tmp_pat
 def _server(tmp_path: Path, **config: Any) -> funtask.Server:
     config.setdefault("callback_allowlist", ALLOW)
     server = build_server(tmp_path, **config)
-
-    @server.task("fails", description="Always fails after a step")
-    async def fails(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.step("connecting")
-        return funtask.fail("db_error", "connection refused")
-
-    @server.task("raises")
-    async def raises(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        raise RuntimeError("boom")
-
-    @server.task("empty")
-    async def empty(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        return funtask.ok()
-
+    add_failer(
+        server,
+        "fails",
+        "db_error",
+        "connection refused",
+        step="connecting",
+        description="Always fails after a step",
+    )
+    add_raiser(server, "raises", lambda: RuntimeError("boom"))
+    add_succeeder(server, "empty")
     return server
-
-
-def _accept(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(200)
 
 
 async def test_run_sync_results_conform(autojump_clock: MockClock, tmp_path: Path) -> None:
@@ -339,7 +341,7 @@ async def test_run_sync_results_conform(autojump_clock: MockClock, tmp_path: Pat
 
 
 async def test_run_async_conforms(autojump_clock: MockClock, tmp_path: Path) -> None:
-    transport = httpx.MockTransport(_accept)
+    transport = CallbackReceiver().transport()
     async with open_test_client(_server(tmp_path), callback_transport=transport) as client:
         response = await client.post("/run/greet", json={"callbackUrl": CALLBACK})
         assert response.status_code == 202
@@ -443,11 +445,8 @@ async def test_busy_running_stop_and_health_conform(
 
 
 async def test_health_while_delivering_conforms(autojump_clock: MockClock, tmp_path: Path) -> None:
-    async def refuse(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(500)
-
     server = _server(tmp_path)
-    transport = httpx.MockTransport(refuse)
+    transport = CallbackReceiver(500).transport()
     async with open_test_client(server, callback_transport=transport) as client:
         accepted = await client.post("/run/greet", json={"callbackUrl": CALLBACK})
         job_id = accepted.json()["jobId"]
@@ -477,14 +476,9 @@ async def test_sync_timeout_conforms(autojump_clock: MockClock, tmp_path: Path) 
         body = conforms(response, "/run/{task}", "post")
         assert body["jobId"] == "slow"
         assert "(2s)" in body["error"]
-        await wait_until(lambda: server_idle(client))
+        await wait_idle(client)
         stored = await client.get("/result/slow")
         assert conforms(stored, "/result/{jobId}", "get")["error"]["code"] == "cancelled"
-
-
-async def server_idle(client: httpx.AsyncClient) -> bool:
-    health = (await client.get("/health")).json()
-    return all(task["status"] == "idle" for task in health["tasks"].values())
 
 
 async def test_body_too_large_conforms(autojump_clock: MockClock, tmp_path: Path) -> None:
@@ -549,23 +543,6 @@ async def test_probes_conform(autojump_clock: MockClock, tmp_path: Path) -> None
             response = await client.get(url)
             assert response.status_code == 200
             assert conforms(response, url, "get") == {"status": "ok"}
-
-
-async def first_frame(response: httpx.Response) -> bytes:
-    """The first SSE frame of a streaming response (read in a task, then cancelled)."""
-    frames: list[bytes] = []
-
-    async def pump(cancel_scope: trio.CancelScope) -> None:
-        buffer = b""
-        async for chunk in response.aiter_raw():
-            buffer += chunk
-            if b"\n\n" in buffer:
-                frames.append(buffer.partition(b"\n\n")[0])
-                cancel_scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, nursery.cancel_scope)
-    return frames[0]
 
 
 async def test_events_conform(autojump_clock: MockClock, tmp_path: Path) -> None:

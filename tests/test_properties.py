@@ -27,7 +27,7 @@ import funtask
 from funtask._jobs import MAX_RESULT_SIZE
 from funtask.testing import open_test_client
 
-from _support import build_server, wait_until
+from _support import CallbackReceiver, build_server, wait_until
 
 PROPERTY_SETTINGS = settings(
     deadline=None,
@@ -43,17 +43,13 @@ def dead_letters(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_with_client(
     server: funtask.Server,
-    body: Callable[[httpx.AsyncClient, list[httpx.Request]], Awaitable[Any]],
+    body: Callable[[httpx.AsyncClient, CallbackReceiver], Awaitable[Any]],
 ) -> Any:
     """Run ``body(client, callbacks)`` against ``server`` in a fresh Trio run on a mock clock."""
-    callbacks: list[httpx.Request] = []
-
-    def receive(request: httpx.Request) -> httpx.Response:
-        callbacks.append(request)
-        return httpx.Response(200)
+    callbacks = CallbackReceiver()
 
     async def main() -> Any:
-        transport = httpx.MockTransport(receive)
+        transport = callbacks.transport()
         async with open_test_client(server, callback_transport=transport) as client:
             return await body(client, callbacks)
 
@@ -103,11 +99,11 @@ def assert_under_an_entry(url: httpx.URL) -> None:
 
 
 async def _post_callback(
-    client: httpx.AsyncClient, callbacks: list[httpx.Request], url: str
-) -> tuple[httpx.Response, list[httpx.Request]]:
+    client: httpx.AsyncClient, callbacks: CallbackReceiver, url: str
+) -> tuple[httpx.Response, CallbackReceiver]:
     response = await client.post("/run/greet", json={"callbackUrl": url})
     if response.status_code == 202:
-        await wait_until(lambda: callbacks)
+        await wait_until(lambda: callbacks.attempts)
     return response, callbacks
 
 
@@ -121,9 +117,10 @@ def check_callback(server: funtask.Server, url: str) -> tuple[int, str | None]:
     if response.status_code == 400:
         assert response.json() == {"error": "callback URL not allowed"}, url
         return 400, None
-    assert len(callbacks) == 1
-    assert_under_an_entry(callbacks[0].url)
-    return 202, str(callbacks[0].url)
+    assert len(callbacks.attempts) == 1
+    called = callbacks.attempts[0].request.url
+    assert_under_an_entry(called)
+    return 202, str(called)
 
 
 def _random_case(draw: st.DrawFn, text: str) -> str:

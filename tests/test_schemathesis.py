@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import http.server
 import json
 import os
 import sys
@@ -55,6 +54,8 @@ from schemathesis.specs.openapi.checks import (
 
 import funtask
 
+from _support import CallbackReceiver
+
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "20"))
 TOKEN = "schemathesis-token"
 SYNC_TIMEOUT = 0.25  # seconds: a sync countdown (1 s per step) answers 504 at once
@@ -74,21 +75,6 @@ AUTH: dict[str, dict[str, str]] = {
 
 
 # -- the live worker and the callback receiver ------------------------------------------
-
-
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    """Accepts every callback POST (and remembers the jobIds)."""
-
-    received: list[str]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.server.received.append(json.loads(body)["jobId"])  # type: ignore[attr-defined]
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @dataclass
@@ -162,27 +148,19 @@ def counter_server(dead_letter_dir: Path, callback_prefix: str) -> funtask.Serve
 class Live:
     worker: LiveWorker
     callback_url: str
-    received: list[str]
+    callbacks: CallbackReceiver
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    receiver.received = []  # type: ignore[attr-defined]
-    receiver_thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    receiver_thread.start()
-    prefix = f"http://127.0.0.1:{receiver.server_address[1]}/hooks"
-    worker = LiveWorker(counter_server(tmp_path_factory.mktemp("dead-letters"), prefix))
-    worker.start()
-    try:
-        yield Live(worker, prefix + "/done", receiver.received)  # type: ignore[attr-defined]
-    finally:
+    callbacks = CallbackReceiver(204)  # accepts every callback POST
+    with callbacks.listen("/hooks") as prefix:
+        worker = LiveWorker(counter_server(tmp_path_factory.mktemp("dead-letters"), prefix))
+        worker.start()
         try:
-            worker.stop()
+            yield Live(worker, prefix + "/done", callbacks)
         finally:
-            receiver.shutdown()
-            receiver.server_close()
-            receiver_thread.join(10)
+            worker.stop()
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -375,4 +353,4 @@ def test_schemathesis_every_operation(live: Live) -> None:
     while runtime.events.clients and time.monotonic() < deadline:
         time.sleep(0.05)
     assert runtime.events.clients == 0
-    assert live.received
+    assert [payload["jobId"] for payload in live.callbacks.payloads]

@@ -28,28 +28,18 @@ import funtask._callbacks
 import funtask._runtime
 from funtask.testing import open_test_client
 
-from _support import build_server, wait_until
+from _support import (
+    CallbackReceiver,
+    add_raiser,
+    build_server,
+    first_frame,
+    no_jobs,
+    wait_until,
+)
 
 SECRET = "s3cr3t-Token-9f8e7d"
 OLD_SECRET = "old-Token-0a1b2c"
 ALLOW = ["https://hooks.example.com/hooks"]
-
-
-async def first_frame(response: httpx.Response) -> bytes:
-    """The first SSE frame of a streaming response (read in a task, then cancelled)."""
-    frames: list[bytes] = []
-
-    async def pump(cancel_scope: trio.CancelScope) -> None:
-        buffer = b""
-        async for chunk in response.aiter_raw():
-            buffer += chunk
-            if b"\n\n" in buffer:
-                frames.append(buffer.partition(b"\n\n")[0])
-                cancel_scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, nursery.cancel_scope)
-    return frames[0]
 
 
 def _server_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -80,14 +70,9 @@ async def test_token_never_appears_in_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server = build_server(tmp_path, auth_token=[SECRET, OLD_SECRET], callback_allowlist=ALLOW)
-
-    @server.task
-    async def explode(run: funtask.Run, params: funtask.Params) -> funtask.Result:
-        run.step("exploding")
-        raise RuntimeError("kaboom")
-
+    add_raiser(server, "explode", lambda: RuntimeError("kaboom"), step="exploding")
     near_misses = [SECRET[:-1], SECRET + "x", SECRET.upper(), "x" + OLD_SECRET]
-    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    transport = CallbackReceiver().transport()
     async with open_test_client(server, authorized=False, callback_transport=transport) as client:
         good = {"Authorization": f"Bearer {SECRET}"}
         # Auth failures: near misses, wrong schemes, non-ASCII, tokens in the query string.
@@ -140,19 +125,13 @@ async def test_callback_url_query_is_never_logged(
     caplog.set_level(logging.DEBUG)
     server = build_server(tmp_path, callback_allowlist=ALLOW, callback_retries=2)
     secret_query = "sig=Q7x-callback-secret"
-    attempts: list[httpx.Request] = []
-
-    def receiver(request: httpx.Request) -> httpx.Response:
-        attempts.append(request)
-        return httpx.Response(500 if len(attempts) == 1 else 200)
-
-    transport = httpx.MockTransport(receiver)
-    async with open_test_client(server, callback_transport=transport) as client:
+    receiver = CallbackReceiver([500, 200])
+    async with open_test_client(server, callback_transport=receiver.transport()) as client:
         url = f"https://hooks.example.com/hooks/done?{secret_query}"
         assert (await client.post("/run/greet", json={"callbackUrl": url})).status_code == 202
-        await wait_until(lambda: len(attempts) == 2)
+        await wait_until(lambda: len(receiver.attempts) == 2)
         await wait_until(lambda: not server._runtime or not server._runtime.runner.jobs())
-    assert str(attempts[0].url).endswith(secret_query)  # the query itself is kept for the call
+    assert receiver.urls[0].endswith(secret_query)  # the query itself is kept for the call
     text = _all_log_text(caplog)
     leaks = [
         f"{record.name}: {record.getMessage()}"
@@ -212,27 +191,24 @@ async def test_callbacks_never_follow_redirects(
     autojump_clock: MockClock, tmp_path: Path, status: int
 ) -> None:
     server = build_server(tmp_path, callback_allowlist=ALLOW, callback_retries=3)
-    seen: list[str] = []
 
-    def receiver(request: httpx.Request) -> httpx.Response:
-        seen.append(str(request.url))
+    def answer(request: httpx.Request) -> httpx.Response | int:
         if request.url.path == "/hooks/start":
             # The target is inside the allowlist too: following it would still be wrong.
             return httpx.Response(
                 status, headers={"Location": "https://hooks.example.com/hooks/elsewhere"}
             )
-        return httpx.Response(200)
+        return 200
 
-    async with open_test_client(
-        server, callback_transport=httpx.MockTransport(receiver)
-    ) as client:
+    receiver = CallbackReceiver(answer)
+    async with open_test_client(server, callback_transport=receiver.transport()) as client:
         accepted = await client.post(
             "/run/greet", json={"callbackUrl": "https://hooks.example.com/hooks/start"}
         )
         assert accepted.status_code == 202
         job_id = accepted.json()["jobId"]
-        await wait_until(lambda: server._runtime is not None and not server._runtime.runner.jobs())
-    assert seen == ["https://hooks.example.com/hooks/start"] * 3  # one request per attempt
+        await wait_until(lambda: no_jobs(server))
+    assert receiver.urls == ["https://hooks.example.com/hooks/start"] * 3  # one per attempt
     letter = json.loads((tmp_path / f"{job_id}.json").read_text())
     assert letter["deadLetter"]["attempts"] == 3
     assert letter["deadLetter"]["lastError"] == f"HTTP {status}"
@@ -248,7 +224,7 @@ async def test_stop_right_after_a_delivery_leaves_no_dead_letter(
     exactly that moment.
     """
     server = build_server(tmp_path, callback_allowlist=ALLOW)
-    received: list[httpx.Request] = []
+    receiver = CallbackReceiver(204)
     clients: list[httpx.AsyncClient] = []
     real_remove = funtask._callbacks.remove_dead_letter
 
@@ -259,20 +235,14 @@ async def test_stop_right_after_a_delivery_leaves_no_dead_letter(
 
     monkeypatch.setattr(funtask._callbacks, "remove_dead_letter", stop_then_remove)
 
-    def receiver(request: httpx.Request) -> httpx.Response:
-        received.append(request)
-        return httpx.Response(204)
-
-    async with open_test_client(
-        server, callback_transport=httpx.MockTransport(receiver)
-    ) as client:
+    async with open_test_client(server, callback_transport=receiver.transport()) as client:
         clients.append(client)
         accepted = await client.post(
             "/run/greet", json={"callbackUrl": "https://hooks.example.com/hooks/done"}
         )
         assert accepted.status_code == 202
-        await wait_until(lambda: server._runtime is not None and not server._runtime.runner.jobs())
-    assert len(received) == 1
+        await wait_until(lambda: no_jobs(server))
+    assert len(receiver.attempts) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -310,7 +280,7 @@ async def test_job_ids_cannot_escape_the_dead_letter_dir(
     directory = tmp_path / "deep" / "dead-letters"
     directory.mkdir(parents=True)
     server = build_server(directory, callback_allowlist=ALLOW, callback_retries=1)
-    transport = httpx.MockTransport(lambda request: httpx.Response(500))
+    transport = CallbackReceiver(500).transport()
     async with open_test_client(server, callback_transport=transport) as client:
         for job_id in HOSTILE_JOB_IDS:
             response = await client.post(
@@ -319,9 +289,7 @@ async def test_job_ids_cannot_escape_the_dead_letter_dir(
             )
             assert response.status_code == 202, job_id
             assert response.json() == {"jobId": job_id}
-            await wait_until(
-                lambda: server._runtime is not None and not server._runtime.runner.jobs()
-            )
+            await wait_until(lambda: no_jobs(server))
     everything = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     files = [p for p in everything if (tmp_path / p).is_file()]
     assert all(p.parent == Path("deep/dead-letters") for p in files), everything
