@@ -25,7 +25,7 @@ from ._run import Run as Run
 from ._server import Server as Server
 from ._tasks import TaskDef as TaskDef
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConfigError",
