@@ -23,6 +23,7 @@ import trio
 from ._allowlist import redact_url
 from ._deadletters import remove_dead_letter, update_dead_letter, write_dead_letter
 from ._duration import format_duration
+from ._run import job_log
 from ._signing import signature_headers
 from ._wire import FinishedJob, rfc3339
 
@@ -124,7 +125,7 @@ class Delivery:
         Returns whether it was delivered. Cancelling the caller's scope (``/stop``
         during delivery) ends the schedule; the dead letter stays for replay.
         """
-        log = logger
+        log = job_log(logger, record.task, record.job_id)
         meta = _meta(record, url, attempts=0, last_error="")
         path = await self._write(record, meta, "callback NOT attempted")
         if path is None:
@@ -138,9 +139,7 @@ class Delivery:
                 outcome = await self.sender.attempt(url, record.body, message_id)
                 if outcome.delivered:
                     log.info(
-                        "[%s %s] callback delivered to %s (attempt %d)",
-                        record.task,
-                        record.job_id,
+                        "callback delivered to %s (attempt %d)",
                         redact_url(url),
                         attempts,
                     )
@@ -148,9 +147,7 @@ class Delivery:
                         await remove_dead_letter(path)
                     return True
                 log.warning(
-                    "[%s %s] callback attempt %d to %s failed: %s",
-                    record.task,
-                    record.job_id,
+                    "callback attempt %d to %s failed: %s",
                     attempts,
                     redact_url(url),
                     outcome.error,
@@ -171,14 +168,13 @@ class Delivery:
         self, path: trio.Path, record: FinishedJob, url: str, meta: dict[str, Any]
     ) -> None:
         attempts = meta["attempts"]
+        log = job_log(logger, record.task, record.job_id)
         try:
             await update_dead_letter(path, meta)
         except OSError:
-            logger.warning("[%s %s] cannot update the dead letter", record.task, record.job_id)
-        logger.error(
-            "[%s %s] callback to %s not delivered after %d attempt(s); dead letter kept at %s",
-            record.task,
-            record.job_id,
+            log.warning("cannot update the dead letter")
+        log.error(
+            "callback to %s not delivered after %d attempt(s); dead letter kept at %s",
             redact_url(url),
             attempts,
             path,
@@ -190,10 +186,8 @@ class Delivery:
         path = await self._write(record, meta, "the unsent result is lost")
         if path is None:
             return
-        logger.warning(
-            "[%s %s] sync result not sent (%s); dead letter at %s",
-            record.task,
-            record.job_id,
+        job_log(logger, record.task, record.job_id).warning(
+            "sync result not sent (%s); dead letter at %s",
             reason,
             path,
         )
@@ -207,10 +201,8 @@ class Delivery:
                 self.dead_letter_dir, record.job_id, record.response, meta
             )
         except (OSError, ValueError, TypeError):
-            logger.error(
-                "[%s %s] cannot write the dead letter; %s",
-                record.task,
-                record.job_id,
+            job_log(logger, record.task, record.job_id).error(
+                "cannot write the dead letter; %s",
                 consequence,
                 exc_info=True,
             )

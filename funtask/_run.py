@@ -12,7 +12,7 @@ from typing import Any, Final, NamedTuple
 
 from ._errors import JobCancelled
 
-__all__ = ["JobLogAdapter", "Progress", "Run", "RunState"]
+__all__ = ["JobLogAdapter", "Progress", "Run", "RunState", "job_log"]
 
 SERVER_STEP_HISTORY: Final = 100  # steps kept per server job
 
@@ -36,15 +36,38 @@ class RunState(NamedTuple):
 
 
 class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """A logger adapter that prefixes records with the task and jobId and adds them as extras."""
+    """A logger adapter that prefixes records with the task and jobId and adds them as extras.
+
+    The extras are ``task``, ``job_id`` (and ``instance`` when given), plus
+    ``funtask_prefix``, the ``"[task jobId] "`` text that the JSON log format
+    strips again.
+    """
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
         """Prefix the message and attach ``task`` and ``job_id`` to the record."""
         extra = self.extra or {}
-        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
-        return f"[{extra.get('task')} {extra.get('job_id')}] {msg}", kwargs
+        prefix = f"[{extra.get('task')} {extra.get('job_id')}] "
+        kwargs["extra"] = {**extra, "funtask_prefix": prefix, **kwargs.get("extra", {})}
+        return prefix + str(msg), kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Log with the prefix; a ``%`` in a jobId never reaches %-formatting as a directive."""
+        if not self.isEnabledFor(level):
+            return
+        text, options = self.process(msg, kwargs)
+        if args:
+            prefix: str = options["extra"]["funtask_prefix"]
+            text = prefix.replace("%", "%%") + text[len(prefix) :]
+        # One frame more than LoggerAdapter's own, so records name the real caller.
+        options["stacklevel"] = options.get("stacklevel", 1) + 1
+        self.logger.log(level, text, *args, **options)
+
+
+def job_log(logger: logging.Logger, task: str, job_id: str) -> JobLogAdapter:
+    """``logger`` with the ``[task jobId]`` prefix and the job's extras on every record."""
+    return JobLogAdapter(logger, {"task": task, "job_id": job_id})
 
 
 def _noop() -> None:
