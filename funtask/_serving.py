@@ -31,6 +31,7 @@ logger: Final = logging.getLogger("funtask.server")
 
 HTTP_GRACEFUL_TIMEOUT: Final = 5.0  # seconds; hypercorn's own default grace
 HTTP_FINAL_GRACE: Final = 1.0  # seconds for in-flight responses once the drain is over
+HYPERCORN_DEFAULT_PORT: Final = 8000  # hypercorn's port for a bind address without one
 
 
 def hypercorn_config(bind: str | Iterable[str]) -> Config:
@@ -100,7 +101,11 @@ def _reason(exc: BaseException) -> str:
 
 
 def bind_sockets(config: Config) -> Sockets:
-    """Bind and listen on every address of ``config.bind``, the way hypercorn would.
+    """Bind and listen on every address of ``config.bind``, as hypercorn would.
+
+    ``HOST:PORT`` addresses are bound here with hypercorn's socket options,
+    because hypercorn's own ``create_sockets`` leaves a socket open when its
+    bind fails; ``unix:`` and ``fd://`` addresses are left to hypercorn.
 
     Raises:
         ListenError: an address cannot be bound (in use, not resolvable, not
@@ -110,10 +115,13 @@ def bind_sockets(config: Config) -> Sockets:
     try:
         for address in config.bind:
             try:
-                sockets = hypercorn_config(address).create_sockets().insecure_sockets
-                bound.extend(sockets)
-                for sock in sockets:
-                    sock.listen(config.backlog)
+                if address.startswith(("unix:", "fd://")):
+                    sockets = hypercorn_config(address).create_sockets().insecure_sockets
+                    bound.extend(sockets)
+                    for sock in sockets:
+                        sock.listen(config.backlog)
+                else:
+                    bound.append(_tcp_socket(address, config.backlog))
             except (OSError, OverflowError, ValueError, SocketTypeError) as exc:
                 errno = exc.errno if isinstance(exc, OSError) else None
                 raise ListenError(address, _reason(exc), errno) from exc
@@ -122,6 +130,29 @@ def bind_sockets(config: Config) -> Sockets:
             sock.close()
         raise
     return Sockets(secure_sockets=[], insecure_sockets=bound, quic_sockets=[])
+
+
+def _tcp_socket(address: str, backlog: int) -> socket.socket:
+    """A listening TCP socket for ``HOST:PORT`` (hypercorn's parsing and options)."""
+    plain = address.replace("[", "").replace("]", "")
+    host, colon, port_text = plain.rpartition(":")
+    if not colon:
+        host, port_text = plain, str(HYPERCORN_DEFAULT_PORT)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"invalid port {port_text!r}") from None
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve(
