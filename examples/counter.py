@@ -5,6 +5,9 @@ Run it for development (prints a generated token and uses a local dead-letter di
     python examples/counter.py            # serves on http://127.0.0.1:8080
     python examples/counter.py 0.0.0.0:9000
 
+It logs ``server 'counter' listening on http://...`` once it is serving;
+Ctrl-C (or SIGTERM) drains and stops it.
+
 or in production, configured through the environment::
 
     FUNTASK_AUTH_TOKEN=... FUNTASK_DEAD_LETTER_DIR=/var/lib/counter \
@@ -80,6 +83,6 @@ if __name__ == "__main__":
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     development_defaults()
-    bind = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:8080"
-    print(f"serving on http://{bind}  (Ctrl-C to stop)", flush=True)
-    server.run(bind)
+    # server.run() logs "listening on http://..." once the socket is bound; an
+    # address it cannot bind is one line on stderr and exit status 2.
+    server.run(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:8080")

@@ -1,4 +1,4 @@
-"""Command line.
+"""Command line: the ``funtask`` console script, or ``python -m funtask``.
 
 - ``python -m funtask serve module:server [--bind HOST:PORT]``: serve until SIGTERM.
 - ``python -m funtask dead-letters list DIR``: show what is waiting in a dead-letter dir.
@@ -39,8 +39,8 @@ def load_server(spec: str) -> Server:
     return server
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m funtask")
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve module:server over HTTP until SIGTERM")
@@ -112,9 +112,9 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0 if not report.failed and not report.skipped else 1
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the ``funtask`` command line."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "funtask") -> None:
+    """Run the ``funtask`` command line; ``prog`` is how it was invoked (for ``--help``)."""
+    args = _parser(prog).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -125,4 +125,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m funtask")

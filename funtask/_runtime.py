@@ -16,7 +16,7 @@ from ._allowlist import Allowlist
 from ._callbacks import CallbackSender, Delivery
 from ._changes import ChangeNotifier
 from ._config import to_seconds
-from ._duration import format_duration_seconds
+from ._duration import format_duration, format_duration_seconds
 from ._events import EventHub
 from ._jobs import (
     REASON_DISCONNECT,
@@ -72,6 +72,8 @@ class Runtime:
             on_finished=self._after_job,
         )
         self.drain_started = trio.Event()
+        self.drained = trio.Event()  # every job result settled, streams closed
+        self.drain_began_at: float | None = None
         secret = settings.callback_signing_secret
         self.delivery = Delivery(
             CallbackSender(
@@ -250,15 +252,28 @@ class Runtime:
         if self.draining:
             return
         self.draining = True
-        logger.info("server %r draining", self.name)
+        logger.info(
+            "server %r draining (shutdown timeout %s)",
+            self.name,
+            format_duration(self.shutdown_timeout),
+        )
         for job in self.runner.jobs():
             if job.record is None:
                 job.cancel(REASON_SHUTDOWN)
         self.notifier.bump()
 
     async def drain(self) -> None:
-        """Run the shutdown sequence; returns once no job or delivery is left."""
+        """Run the shutdown sequence; returns once every job's result is settled.
+
+        Settled means stored, and delivered once or dead-lettered. A job whose
+        task ignores cancellation may still be running afterwards (see
+        :meth:`stuck_jobs`). Calling it again waits for the first call to end.
+        """
         with trio.CancelScope(shield=True):
+            if self.drain_started.is_set():
+                await self.drained.wait()
+                return
+            self.drain_began_at = trio.current_time()
             self.begin_draining()
             self.drain_started.set()
             with trio.move_on_after(self.shutdown_timeout):
@@ -277,6 +292,16 @@ class Runtime:
                     job.thread_scope.cancel()  # abandon a thread that ignores cancellation
                 job.scope.cancel()
             self.events.close()
+            self.drained.set()
+
+    def stuck_jobs(self) -> list[Job]:
+        """The jobs whose task has not returned although the drain is over.
+
+        Their results are settled (``worker_shutdown``); only the task itself
+        goes on, shielded from cancellation. Reads plain attributes only, so
+        another thread may call it.
+        """
+        return self.runner.jobs() if self.drained.is_set() else []
 
     async def _shut_down_job(self, job: Job) -> None:
         """Settle a job still running after the shutdown timeout as ``worker_shutdown``."""
@@ -328,3 +353,9 @@ async def _open_runtime(
                     await runtime.drain()
             jobs_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
+    if runtime.drain_began_at is not None:
+        logger.info(
+            "server %r stopped after draining for %s",
+            server.name,
+            format_duration(trio.current_time() - runtime.drain_began_at),
+        )

@@ -284,8 +284,22 @@ class Server:
         """Serve over HTTP until ``shutdown_trigger`` returns or this call is cancelled.
 
         Works with ``nursery.start``: reports the bound addresses (e.g.
-        ``["http://127.0.0.1:8080"]``). Drains gracefully before returning;
-        installs no signal handlers.
+        ``["http://127.0.0.1:8080"]``) once the sockets are listening. Drains
+        gracefully before returning; installs no signal handlers.
+
+        The drain settles every job's result within ``shutdown_timeout`` (a job
+        still running then gets its ``worker_shutdown`` result, stored,
+        dead-lettered and sent once), but this call returns only when every
+        task has returned: an ``async def`` task that shields itself from
+        cancellation keeps it, and so your program, waiting. Inside your own
+        Trio program funtask cannot end the process for you; :meth:`run` and
+        ``python -m funtask serve``, which own the process, log the stuck jobs
+        and exit anyway.
+
+        Raises:
+            ConfigError: the configuration is invalid (nothing was started).
+            OSError: an address cannot be bound; the message names it and the
+                cause (``cannot listen on 127.0.0.1:8080: address already in use``).
         """
         from ._serving import serve
 
@@ -294,8 +308,14 @@ class Server:
     def run(self, bind: str | Iterable[str] = "127.0.0.1:8080") -> None:
         """Serve until SIGINT or SIGTERM, then drain and return (blocks).
 
-        Configuration problems are printed as one message and exit with status 2.
+        A configuration problem, or an address that cannot be bound, is printed
+        as one line on stderr and exits with status 2. If neither the
+        ``funtask`` logger nor the root logger has a handler, ``funtask``
+        records go to stderr at INFO while serving (where it listens, the
+        shutdown). Once the drain has settled every result, tasks that ignore
+        cancellation cannot hold the process: after a short grace they are
+        named in one error line and the process exits (status 0).
         """
-        from ._serving import run
+        from ._process import run
 
         run(self, bind)

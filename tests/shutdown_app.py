@@ -55,6 +55,10 @@ async def stubborn(run: funtask.Run, params: funtask.Params) -> funtask.Result:
     return funtask.ok("ignored cancellation")
 
 
+# The same task in a second slot, so that a sync and an async job can both ignore it.
+server.add_task("stubborn-too", stubborn, description="Ignores cancellation (async), too")
+
+
 @server.task(description="A plain def polling run.cancelled in a worker thread")
 def blocking(run: funtask.Run, params: funtask.Params) -> funtask.Result:
     """Report ``working``, poll ``run.cancelled``, and return ``ok("stopped")`` once cancelled."""

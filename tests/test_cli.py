@@ -1,4 +1,4 @@
-"""The command line: ``python -m funtask dead-letters list|replay``."""
+"""The command line: ``funtask`` / ``python -m funtask``, ``dead-letters list|replay``."""
 
 from __future__ import annotations
 
@@ -114,3 +114,32 @@ def test_cli_replay_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture
         main(["dead-letters", "replay", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--to" in capsys.readouterr().err
+
+
+def help_text(args: list[str]) -> str:
+    done = subprocess.run(
+        [*args, "--help"], capture_output=True, text=True, cwd=REPO, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_module_help_names_python_m_funtask() -> None:
+    assert help_text([sys.executable, "-m", "funtask"]).startswith("usage: python -m funtask [")
+    serve = help_text([sys.executable, "-m", "funtask", "serve"])
+    assert serve.startswith("usage: python -m funtask serve [")
+
+
+def test_console_script_help_names_funtask() -> None:
+    script = Path(sys.executable).with_name("funtask")
+    if not script.exists():
+        pytest.skip(f"the console script is not installed beside {sys.executable}")
+    assert help_text([str(script)]).startswith("usage: funtask [")
+    assert help_text([str(script), "dead-letters"]).startswith("usage: funtask dead-letters [")
+
+
+def test_main_defaults_to_the_console_script_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: funtask [")

@@ -5,11 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -18,9 +14,8 @@ import trio
 
 import funtask
 
-from _support import TOKEN, build_server, wait_until
+from _support import REPO, TOKEN, build_server, wait_until, worker_env, worker_process
 
-REPO = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STARTUP_LIMIT = 60  # seconds; a safety net, never a wait for a state
 
@@ -80,73 +75,19 @@ async def test_serve_refuses_a_bad_configuration(tmp_path: Path) -> None:
         await server.serve("127.0.0.1:0")
 
 
-@asynccontextmanager
-async def worker_process(
-    args: list[str], tmp_path: Path, pattern: str
-) -> AsyncIterator[tuple[trio.Process, str, list[str]]]:
-    """Start a worker, wait for the line naming its address, and yield (process, url, lines)."""
-    env = {
-        **os.environ,
-        "FUNTASK_AUTH_TOKEN": TOKEN,
-        "FUNTASK_DEAD_LETTER_DIR": str(tmp_path),
-        "PYTHONUNBUFFERED": "1",
-    }
-    lines: list[str] = []
-    found = trio.Event()
-    url = ""
-    async with trio.open_nursery() as nursery:
-        process = await nursery.start(
-            partial(
-                trio.run_process,
-                args,
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        )
-
-        async def read_output() -> None:
-            nonlocal url
-            buffer = b""
-            assert process.stdout is not None
-            async for chunk in process.stdout:
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\n")
-                for raw in complete:
-                    line = raw.decode(errors="replace")
-                    lines.append(line)
-                    match = re.search(pattern, line)
-                    if match and not found.is_set():
-                        url = match.group(1)
-                        found.set()
-
-        nursery.start_soon(read_output)
-        try:
-            with trio.fail_after(STARTUP_LIMIT):
-                await found.wait()
-            yield process, url, lines
-        finally:
-            if process.returncode is None:
-                process.kill()
-
-
-async def _wait_exit(process: trio.Process) -> int:
-    with trio.fail_after(STARTUP_LIMIT):
-        return await process.wait()
+def worker_settings(tmp_path: Path) -> dict[str, str]:
+    return worker_env(FUNTASK_AUTH_TOKEN=TOKEN, FUNTASK_DEAD_LETTER_DIR=str(tmp_path))
 
 
 async def test_example_script_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     args = [sys.executable, "examples/counter.py", "127.0.0.1:0"]
-    pattern = r"listening on (http://\S+)"
-    async with worker_process(args, tmp_path, pattern) as (process, url, lines):
-        async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+    async with worker_process(args, env=worker_settings(tmp_path)) as worker:
+        async with httpx.AsyncClient(base_url=worker.url, headers=AUTH) as client:
             response = await client.post("/run/greet", json={"params": {"name": "proc"}})
             assert response.json()["message"] == "Hello, proc!"
-        process.send_signal(signal.SIGINT)
-        assert await _wait_exit(process) == 0
-    assert any("received SIGINT" in line for line in lines)
+        sent = worker.send(signal.SIGINT)
+        await worker.exit_after(sent, STARTUP_LIMIT)
+    assert any("received SIGINT" in line for line in worker.lines)
 
 
 async def test_module_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -154,12 +95,12 @@ async def test_module_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         sys.executable, "-m", "funtask", "serve", "examples.counter:server",
         "--bind", "127.0.0.1:0",
     ]  # fmt: skip
-    async with worker_process(args, tmp_path, r"listening on (http://\S+)") as (process, url, _):
-        async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+    async with worker_process(args, env=worker_settings(tmp_path)) as worker:
+        async with httpx.AsyncClient(base_url=worker.url, headers=AUTH) as client:
             health = (await client.get("/health")).json()
             assert set(health["tasks"]) == {"greet", "fail-demo", "countdown"}
-        process.send_signal(signal.SIGTERM)
-        assert await _wait_exit(process) == 0
+        sent = worker.sigterm()
+        await worker.exit_after(sent, STARTUP_LIMIT)
 
 
 async def test_hypercorn_serves_the_server_as_an_asgi_app(tmp_path: Path) -> None:
@@ -167,8 +108,9 @@ async def test_hypercorn_serves_the_server_as_an_asgi_app(tmp_path: Path) -> Non
         sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "1",
         "--bind", "127.0.0.1:0", "examples.counter:server",
     ]  # fmt: skip
-    async with worker_process(args, tmp_path, r"Running on (http://\S+)") as (process, url, _):
-        async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+    pattern = r"Running on (http://\S+)"
+    async with worker_process(args, env=worker_settings(tmp_path), pattern=pattern) as worker:
+        async with httpx.AsyncClient(base_url=worker.url, headers=AUTH) as client:
             response = await client.post("/run/fail-demo")
             assert response.json()["error"] == {
                 "code": "demo_error",
@@ -176,8 +118,8 @@ async def test_hypercorn_serves_the_server_as_an_asgi_app(tmp_path: Path) -> Non
                 "step": "connecting",
             }
             assert (await client.get("/readyz")).json() == {"status": "ok"}
-        process.send_signal(signal.SIGTERM)
-        assert await _wait_exit(process) == 0
+        sent = worker.sigterm()
+        await worker.exit_after(sent, STARTUP_LIMIT)
 
 
 async def test_example_refuses_to_start_without_configuration(tmp_path: Path) -> None:

@@ -22,10 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +35,8 @@ import pytest
 import trio
 from hypercorn.config import Config
 
-REPO = Path(__file__).resolve().parent.parent
+from _support import LISTENING, WorkerProcess, worker_env, worker_process
+
 TOKEN = "shutdown-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -66,7 +63,6 @@ WORKER_SHUTDOWN = {
     "step": "ignoring",
 }
 
-LISTENING = r"listening on (http://\S+)"
 HYPERCORN_RUNNING = r"Running on (http://\S+)"
 ENTRY_POINTS = {
     "script": ([sys.executable, "tests/shutdown_app.py", "127.0.0.1:0"], LISTENING),
@@ -153,38 +149,8 @@ async def receiver(nursery: trio.Nursery) -> Receiver:
 
 
 @dataclass
-class Worker:
-    process: trio.Process
-    url: str
-    lines: list[str]
+class Worker(WorkerProcess):
     dead_letter_dir: Path
-
-    def log(self) -> str:
-        """The worker's recent output, for assertion messages."""
-        return "\n".join(self.lines[-80:])
-
-    def sigterm(self, *, group: bool = False) -> float:
-        """Send SIGTERM to the worker (or its whole process group); return the time sent."""
-        sent = trio.current_time()
-        if group:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        else:
-            self.process.send_signal(signal.SIGTERM)
-        return sent
-
-    async def exit_after(self, sent: float, limit: float) -> float:
-        """Wait up to ``limit`` s after ``sent`` for a clean exit; return the seconds taken."""
-        with trio.move_on_after(max(sent + limit - trio.current_time(), 0)):
-            await self.process.wait()
-        elapsed = trio.current_time() - sent
-        assert self.process.returncode is not None, (
-            f"worker still running {elapsed:.1f}s after SIGTERM "
-            f"(shutdown_timeout {SHUTDOWN_TIMEOUT}s); output:\n{self.log()}"
-        )
-        assert self.process.returncode == 0, (
-            f"exit code {self.process.returncode}; output:\n{self.log()}"
-        )
-        return elapsed
 
     def dead_letters(self) -> dict[str, dict[str, Any]]:
         """The dead-letter files by name, each parsed (temporary files skipped)."""
@@ -199,64 +165,24 @@ class Worker:
 
 @contextlib.asynccontextmanager
 async def worker(
-    args: list[str], pattern: str, tmp_path: Path, receiver: Receiver | None = None
+    args: list[str],
+    pattern: str,
+    tmp_path: Path,
+    receiver: Receiver | None = None,
+    *,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> AsyncIterator[Worker]:
-    """Start a worker in its own process group; yield it once it logged its address."""
+    """Start a worker (tests/shutdown_app.py) in its own process group; yield it once serving."""
     dead_letter_dir = tmp_path / "dead-letters"
     dead_letter_dir.mkdir()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FUNTASK_")}
-    env.update(
+    env = worker_env(
         FUNTASK_AUTH_TOKEN=TOKEN,
         FUNTASK_DEAD_LETTER_DIR=str(dead_letter_dir),
-        SHUTDOWN_APP_SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT),
+        SHUTDOWN_APP_SHUTDOWN_TIMEOUT=str(shutdown_timeout),
         SHUTDOWN_APP_CALLBACK_ALLOWLIST=receiver.url if receiver else "",
-        PYTHONUNBUFFERED="1",
     )
-    lines: list[str] = []
-    found = trio.Event()
-    url = ""
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                args,
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                check=False,
-            )
-        )
-
-        async def read_output() -> None:
-            nonlocal url
-            buffer = b""
-            assert process.stdout is not None
-            async for chunk in process.stdout:
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\n")
-                for raw in complete:
-                    line = raw.decode(errors="replace")
-                    lines.append(line)
-                    match = re.search(pattern, line)
-                    if match and not found.is_set():
-                        url = match.group(1)
-                        found.set()
-            found.set()  # end of output: the worker is gone
-
-        nursery.start_soon(read_output)
-        try:
-            with trio.fail_after(LIMIT / 2):
-                await found.wait()
-            assert url, "worker exited before it was serving:\n" + "\n".join(lines)
-            yield Worker(process, url, lines, dead_letter_dir)
-        finally:
-            # The group: a plain-hypercorn worker is the parent's child.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            nursery.cancel_scope.cancel()
+    async with worker_process(args, env=env, pattern=pattern, startup_limit=LIMIT / 2) as proc:
+        yield Worker(proc.process, proc.url, proc.lines, dead_letter_dir)
 
 
 def client(url: str, **options: Any) -> httpx.AsyncClient:
@@ -490,8 +416,9 @@ async def test_sigterm_during_sync_jobs_that_ignore_cancellation(
     assert set(letters) == {"s1.json", "s2.json"}, letters
     assert without_meta(letters["s1.json"]) == stubborn.body()
     assert without_meta(letters["s2.json"]) == stuck.body()
-    # The thread is abandoned at the timeout; the shielded async task delays the exit
-    # until it gives up (documented: it cannot be abandoned), never much beyond.
+    # The thread is abandoned at the timeout; the shielded async task, which gives
+    # up 1 s later, delays the exit until then (one that holds on for longer is
+    # left behind: test_sigterm_ends_the_process_while_shielded_tasks_go_on).
     assert SHUTDOWN_TIMEOUT - 0.5 <= elapsed < SHUTDOWN_TIMEOUT + 10, proc.log()
     assert elapsed < STUCK_SECONDS - 5, "the stuck thread was not abandoned"
 
@@ -527,6 +454,51 @@ async def test_sigterm_during_async_jobs_that_ignore_cancellation(
     assert letters["a2.json"]["deadLetter"]["attempts"] == 1
     assert SHUTDOWN_TIMEOUT - 0.5 <= elapsed < SHUTDOWN_TIMEOUT + 10, proc.log()
     assert elapsed < STUCK_SECONDS - 5, "the stuck thread was not abandoned"
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+async def test_sigterm_ends_the_process_while_shielded_tasks_go_on(
+    entry: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    # Where funtask owns the process, tasks that shield themselves from
+    # cancellation for a minute cannot keep it: once their worker_shutdown
+    # results are settled, it names them in one error line and exits (code 0)
+    # within shutdown_timeout + 5 s.
+    args, pattern = ENTRY_POINTS[entry]
+    with trio.fail_after(LIMIT):
+        async with (
+            worker(args, pattern, tmp_path, receiver, shutdown_timeout=1) as proc,
+            client(proc.url) as http,
+            trio.open_nursery() as nursery,
+        ):
+            sync_call = start_sync_call(
+                nursery, http, "stubborn", {"jobId": "held-sync", "params": {"seconds": 60}}
+            )
+            await start_async_job(
+                http, "stubborn-too", "held-async", f"{receiver.url}/ok/held", seconds=60
+            )
+            await wait_running(http, {"stubborn": "ignoring", "stubborn-too": "ignoring"})
+            sent = proc.sigterm()
+            elapsed = await proc.exit_after(sent, 1 + 5)
+            await sync_call.done.wait()
+
+    assert elapsed < 6, proc.log()
+    # The sync result is dead-lettered (its task never returned), and the
+    # caller, still connected when it was settled, got it too.
+    letters = proc.dead_letters()
+    assert set(letters) == {"held-sync.json"}, letters
+    assert letters["held-sync.json"]["error"] == WORKER_SHUTDOWN
+    assert without_meta(letters["held-sync.json"]) == sync_call.body()
+    # The callback receiver got the async job's worker_shutdown result once.
+    [delivered] = receiver.to("/ok/held")
+    assert len(receiver.calls) == 1, receiver.calls
+    assert delivered.body["jobId"] == "held-async"
+    assert delivered.body["error"] == WORKER_SHUTDOWN
+    # One error line names both jobs; the normal end ("stopped after") never came.
+    [error] = [line for line in proc.lines if " ERROR " in line]
+    assert "stubborn 'held-sync'" in error and "stubborn-too 'held-async'" in error, error
+    assert "ignored cancellation" in error
+    assert not any("stopped after" in line for line in proc.lines), proc.log()
 
 
 async def test_refused_runs_while_draining_leave_keep_alive_connections_usable(
