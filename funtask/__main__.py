@@ -50,6 +50,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="append",
         help="address to listen on, HOST:PORT (repeatable; default 127.0.0.1:8080)",
     )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (default) or as one JSON object per line",
+    )
     letters = commands.add_parser("dead-letters", help="inspect or redeliver dead letters")
     actions = letters.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="list the dead letters in DIR")
@@ -112,12 +118,25 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0 if not report.failed and not report.skipped else 1
 
 
+def _configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        from ._logjson import JSONFormatter
+
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str = "funtask") -> None:
     """Run the ``funtask`` command line; ``prog`` is how it was invoked (for ``--help``)."""
-    args = _parser(prog).parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    level = args.log_level.upper()
+    if not isinstance(logging.getLevelName(level), int):
+        parser.error(f"--log-level: unknown level {args.log_level!r}")
+    _configure_logging(level, getattr(args, "log_format", "text"))
     if args.command == "dead-letters":
         raise SystemExit(_dead_letters(args))
     server = load_server(args.server)

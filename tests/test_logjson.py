@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from trio.testing import MockClock
 
 import funtask
+from funtask.__main__ import main
 from funtask._logjson import JSONFormatter
 from funtask.testing import make_run, open_test_client
 
-from _support import build_server
+from _support import TOKEN, build_server, worker_env, worker_process
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -121,3 +124,35 @@ async def test_server_job_records_are_json_with_job_id(
     panic = [d for d in job_records if d["level"] == "ERROR"]
     assert panic and "RuntimeError: kaput" in str(panic[0]["exception"])
     assert all(d["task"] in ("greet", "breaks") for d in job_records)
+
+
+async def test_cli_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
+    args = [
+        sys.executable, "-m", "funtask", "serve", "examples.counter:server",
+        "--bind", "127.0.0.1:0", "--log-format", "json",
+    ]  # fmt: skip
+    env = worker_env(FUNTASK_AUTH_TOKEN=TOKEN, FUNTASK_DEAD_LETTER_DIR=str(tmp_path))
+    pattern = r'"message": "server .* listening on (http://[^\s",]+)'
+    async with worker_process(args, env=env, pattern=pattern) as worker:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=worker.url, headers=headers) as client:
+            await client.post("/run/fail-demo", json={"jobId": "json-1"})
+        await worker.exit_after(worker.sigterm(), 60)
+    documents = [json.loads(line) for line in worker.lines if line.strip()]
+    assert all(TIME.match(d["time"]) for d in documents), worker.log()
+    assert all({"time", "level", "logger", "message"} <= set(d) for d in documents)
+    job_records = [d for d in documents if d.get("jobId") == "json-1"]
+    assert job_records, worker.log()
+    assert all(d["task"] == "fail-demo" for d in job_records)
+    assert any("demo_error" in d["message"] for d in job_records)
+
+
+def test_cli_refuses_an_unknown_log_format_or_level(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "examples.counter:server", "--log-format", "xml"])
+    assert caught.value.code == 2
+    assert "invalid choice: 'xml'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        main(["--log-level", "loud", "serve", "examples.counter:server"])
+    assert caught.value.code == 2
+    assert "unknown level 'loud'" in capsys.readouterr().err
