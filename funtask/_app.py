@@ -150,6 +150,32 @@ class HttpApi:
         wrapper.__name__ = view.__name__
         return wrapper
 
+    def observed_run(
+        self, view: Callable[..., Awaitable[Response]]
+    ) -> Callable[..., Awaitable[Response]]:
+        """Wrap the ``/run`` view: tell the server's observer how each request was answered."""
+
+        async def wrapper(task: str) -> Response:
+            try:
+                response = await view(task=task)
+            except HTTPException as exc:  # answered by the error handler (408, 413)
+                self._run_answered(task, exc.code or 500)
+                raise
+            except Exception:
+                self._run_answered(task, 500)
+                raise
+            self._run_answered(task, response.status_code)
+            return response
+
+        wrapper.__name__ = view.__name__
+        return wrapper
+
+    def _run_answered(self, task: str, status: int) -> None:
+        runtime = self.server._runtime
+        if runtime is not None:  # no lifespan: nothing observes
+            known = status != 401 and task in runtime.slots  # paths never become labels
+            runtime.observer.run_answered(task if known else None, status)
+
     # -- /run ---------------------------------------------------------------
 
     async def run_task(self, runtime: Runtime, task: str) -> Response:
@@ -253,6 +279,19 @@ class HttpApi:
         """GET /health: server status, per-task progress and result history."""
         return raw_json_response(runtime.health_body())
 
+    async def metrics(self, runtime: Runtime) -> Response:
+        """GET /metrics: the Prometheus text format, or OpenMetrics when ``Accept`` asks."""
+        assert runtime.metrics is not None  # the route exists only with metrics on
+        body, content_type = await runtime.metrics.render(request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
+
+    async def metrics_without_auth(self) -> Response:
+        """GET /metrics with ``metrics_auth=False``."""
+        runtime = self.runtime
+        if runtime is None:
+            return raw_json_response(_NOT_RUNNING, 503)
+        return await self.metrics(runtime)
+
     async def events(self) -> Response:
         """GET /events: Server-Sent Events, a health snapshot per change."""
         runtime = self.runtime
@@ -321,7 +360,9 @@ def create_app(server: Server) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.url_map.strict_slashes = False
     api = HttpApi(server)
-    app.add_url_rule("/run/<task>", "run", api.guarded(api.run_task), methods=["POST"])
+    app.add_url_rule(
+        "/run/<task>", "run", api.observed_run(api.guarded(api.run_task)), methods=["POST"]
+    )
     app.add_url_rule("/stop/<task>", "stop", api.guarded(api.stop_task), methods=["POST"])
     app.add_url_rule(
         "/result/<path:job_id>", "result", api.guarded(api.get_result), methods=["GET"]
@@ -330,6 +371,9 @@ def create_app(server: Server) -> QuartTrio:
     app.add_url_rule("/events", "events", api.events, methods=["GET"])
     if server.settings.dashboard:
         app.add_url_rule("/dashboard", "dashboard", api.dashboard, methods=["GET"])
+    if server.settings.metrics:
+        view = api.guarded(api.metrics) if server.settings.metrics_auth else None
+        app.add_url_rule("/metrics", "metrics", view or api.metrics_without_auth, methods=["GET"])
     app.add_url_rule("/openapi.json", "openapi", api.openapi, methods=["GET"])
     app.add_url_rule("/livez", "livez", api.livez, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])
