@@ -175,11 +175,8 @@ def scan_dead_letters(
 
 
 def count_dead_letters(directory: str | os.PathLike[str]) -> int:
-    """How many dead-letter files ``directory`` holds, temporary files skipped (blocking).
-
-    Counts names only (``*.json`` regular files not starting with ``.``); the
-    files are not read, so this stays cheap for large directories.
-    """
+    """How many dead-letter files ``directory`` holds, by name, temporary files skipped."""
+    # Names only (regular ``*.json`` files not starting with "."): no file is read.
     count = 0
     with os.scandir(directory) as entries:
         for entry in entries:
