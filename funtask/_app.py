@@ -316,7 +316,8 @@ class HttpApi:
 
     async def dashboard(self) -> Response:
         """GET /dashboard: the built-in page (no auth: it asks for the token itself)."""
-        page = dashboard_page()
+        runtime = self.runtime
+        page = dashboard_page("" if runtime is None else runtime.instance)
         headers = {
             "ETag": page.etag,
             "Cache-Control": "no-cache",
