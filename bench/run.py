@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -568,18 +569,18 @@ def interleaved(
             "cpu_us": statistics.mean(r["server_cpu_us_per_request"] for r in runs),
             "busy": statistics.mean(r["server_cpu_busy"] for r in runs),
             "rounds_rps": [r["rps"] for r in runs],
+            "rounds_cpu_us": [r["server_cpu_us_per_request"] for r in runs],
             "other_cores": statistics.mean(r["other_cores"] for r in runs),
             "wrk_cores": statistics.mean(r["wrk_cores"] for r in runs),
         }
     return summary
 
 
-def round_ratios(summary: dict[str, dict[str, Any]], top: str, bottom: str) -> list[float]:
-    """Each round's requests/s of ``top`` over ``bottom``."""
-    return [
-        a / b
-        for a, b in zip(summary[top]["rounds_rps"], summary[bottom]["rounds_rps"], strict=True)
-    ]
+def round_ratios(
+    summary: dict[str, dict[str, Any]], top: str, bottom: str, figure: str = "rounds_rps"
+) -> list[float]:
+    """Each round's requests/s (or another per-round ``figure``) of ``top`` over ``bottom``."""
+    return [a / b for a, b in zip(summary[top][figure], summary[bottom][figure], strict=True)]
 
 
 def case_overhead(h: Harness) -> dict[str, Any]:
@@ -682,6 +683,8 @@ def case_metrics(h: Harness) -> dict[str, Any]:
     """
     apps = [("on", "overhead", "metrics on (default)", REPO)]
     apps.append(("off", "overhead_nometrics", "metrics=False", REPO))
+    # The same server twice: how far two identical servers differ here (the noise).
+    apps.append(("off2", "overhead_nometrics", "metrics=False, a second copy", REPO))
     if h.baseline is not None:
         label = f"baseline {baseline_label(h.baseline)} (no metrics)"
         apps.append(("base", "overhead", label, h.baseline))
@@ -713,11 +716,16 @@ def case_metrics(h: Harness) -> dict[str, Any]:
     summary["ratio_rps"] = summary["on"]["rps"] / summary["off"]["rps"]
     summary["ratio_cpu"] = summary["on"]["cpu_us"] / summary["off"]["cpu_us"]
     summary["round_ratios"] = round_ratios(summary, "on", "off")
+    summary["round_cpu_ratios"] = round_ratios(summary, "on", "off", "rounds_cpu_us")
+    summary["aa_rps"] = summary["off2"]["rps"] / summary["off"]["rps"]
+    summary["aa_cpu"] = summary["off2"]["cpu_us"] / summary["off"]["cpu_us"]
+    summary["round_cpu_ratios_aa"] = round_ratios(summary, "off2", "off", "rounds_cpu_us")
     if "base" in summary:
         summary["off_vs_base_rps"] = summary["off"]["rps"] / summary["base"]["rps"]
         summary["off_vs_base_cpu"] = summary["off"]["cpu_us"] / summary["base"]["cpu_us"]
         summary["on_vs_base_cpu"] = summary["on"]["cpu_us"] / summary["base"]["cpu_us"]
         summary["round_ratios_base"] = round_ratios(summary, "off", "base")
+        summary["round_cpu_ratios_base"] = round_ratios(summary, "off", "base", "rounds_cpu_us")
     return summary
 
 
@@ -1332,7 +1340,12 @@ def report_metrics(r: Report, data: dict[str, Any], s: Settings) -> None:
         f"- metrics on / off: **{data['ratio_rps']:.1%}** of the requests/s (median of the "
         f"rounds {statistics.median(rounds):.1%}: " + ", ".join(f"{v:.0%}" for v in rounds) + ")",
         f"- server CPU per request, on / off: **{data['ratio_cpu'] - 1:+.1%}** "
-        f"({data['on']['cpu_us'] - data['off']['cpu_us']:+,.1f} µs)",
+        f"({data['on']['cpu_us'] - data['off']['cpu_us']:+,.1f} µs); median of the rounds' "
+        f"ratios {statistics.median(data['round_cpu_ratios']) - 1:+.1%}",
+        f"- the noise: two identical `metrics=False` servers differ by "
+        f"{data['aa_rps'] - 1:+.1%} in requests/s and {data['aa_cpu'] - 1:+.1%} in server "
+        f"CPU per request (median of the rounds' CPU ratios "
+        f"{statistics.median(data['round_cpu_ratios_aa']) - 1:+.1%})",
         f"- the observer hooks of one sync job, timed alone in the harness (best of 7 x "
         f"20,000): metrics on **{data['hooks_us']['on']:.2f} µs**, metrics off (the no-op "
         f"observer) {data['hooks_us']['off']:.2f} µs; against "
@@ -1345,7 +1358,8 @@ def report_metrics(r: Report, data: dict[str, Any], s: Settings) -> None:
         r.add(
             f"- `metrics=False` / baseline: {data['off_vs_base_rps']:.1%} of the requests/s "
             f"(median of the rounds {statistics.median(base_rounds):.1%}); server CPU per "
-            f"request {data['off_vs_base_cpu'] - 1:+.1%} (metrics on: "
+            f"request {data['off_vs_base_cpu'] - 1:+.1%} (median of the rounds' ratios "
+            f"{statistics.median(data['round_cpu_ratios_base']) - 1:+.1%}; metrics on: "
             f"{data['on_vs_base_cpu'] - 1:+.1%})",
         )
     r.add("")
@@ -1676,6 +1690,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON")
     parser.add_argument(
+        "--rounds", type=int, help="interleaved rounds of the overhead and metrics cases"
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         metavar="DIR",
@@ -1687,6 +1704,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     cases = parse_cases(args.case)
     settings = Settings.make(args.quick)
+    if args.rounds:
+        settings = dataclasses.replace(settings, rounds=args.rounds)
     output = args.output
     if output is None and not args.quick and cases == list(CASES):
         output = BENCH / "RESULTS.md"
