@@ -290,16 +290,19 @@ class Harness:
         env: dict[str, str] | None = None,
         dead_letter_parent: Path | None = None,
         root: Path = REPO,
+        cpu: int | None = None,
     ) -> Service:
         """``python -m hypercorn -k trio -w 1 --bind 127.0.0.1:PORT bench.apps:APP``.
 
-        ``root`` is the checkout whose ``funtask`` and ``bench.apps`` are served.
+        ``root`` is the checkout whose ``funtask`` and ``bench.apps`` are served; with
+        ``cpu`` the server (and its worker process) runs on that CPU only (``taskset``).
         """
         port = free_port()
         parent = dead_letter_parent or self.tmp
         dead_letters = Path(tempfile.mkdtemp(prefix=f"dead-letters-{app}-", dir=parent))
         self.scratch.append(dead_letters)
-        argv = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "1"]
+        argv = [] if cpu is None else ["taskset", "-c", str(cpu)]
+        argv += [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "1"]
         argv += ["--bind", f"{HOST}:{port}", f"bench.apps:{app}"]
         service = Service(
             f"{app}-{port}",
@@ -692,9 +695,13 @@ def case_metrics(h: Harness) -> dict[str, Any]:
         "script": "post.lua",
         "script_args": (str(WRK_CONNECTIONS // WRK_THREADS), h.token),
     }
+    # Servers compared process against process differ by several per cent for reasons
+    # of their own (where the scheduler puts them, string hashing): every one runs on
+    # the same CPU with the same hash seed.
+    cpu = max(os.sched_getaffinity(0)) if shutil.which("taskset") else None
     targets = []
     for key, app, label, root in apps:
-        server = h.start_server(app, root=root)
+        server = h.start_server(app, root=root, cpu=cpu, env={"PYTHONHASHSEED": "0"})
         assert server.port is not None
         status, body = call(
             server.port, "POST", "/run/greet3", h.token, {"params": {"name": "g3"}}
@@ -1320,7 +1327,9 @@ def report_metrics(r: Report, data: dict[str, Any], s: Settings) -> None:
             else ", "
         )
         + f"side by side: wrk as in case 1, {s.rounds} round(s) of {s.round_seconds:g} s per "
-        f"server after a {s.warmup:g} s warm-up, order rotated per round.",
+        f"server after a {s.warmup:g} s warm-up, order rotated per round. Every server runs "
+        "on the same CPU (`taskset -c`, the last one) with `PYTHONHASHSEED=0`, and a second, "
+        "identical `metrics=False` server shows how far two equal servers differ here.",
         "",
         "| server | requests/s | p50 | p99 | server CPU/request | non-2xx | per round (req/s) "
         "| others' CPU |",

@@ -373,8 +373,10 @@ def create_app(server: Server) -> QuartTrio:
     if server.settings.dashboard:
         app.add_url_rule("/dashboard", "dashboard", api.dashboard, methods=["GET"])
     if server.settings.metrics:
-        view = api.guarded(api.metrics) if server.settings.metrics_auth else None
-        app.add_url_rule("/metrics", "metrics", view or api.metrics_without_auth, methods=["GET"])
+        metrics: Callable[..., Awaitable[Response]] = api.metrics_without_auth
+        if server.settings.metrics_auth:
+            metrics = api.guarded(api.metrics)
+        app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
     app.add_url_rule("/openapi.json", "openapi", api.openapi, methods=["GET"])
     app.add_url_rule("/livez", "livez", api.livez, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])

@@ -83,7 +83,7 @@ def parse_handler_pattern(pattern: str) -> tuple[str | None, str]:
     return (method.strip() or None), path
 
 
-def handler_problems(handler: HandlerDef, *, dashboard: bool, metrics: bool = False) -> list[str]:
+def handler_problems(handler: HandlerDef, *, dashboard: bool, metrics: bool) -> list[str]:
     """Return the problems of one custom handler registration."""
     problems = []
     if not handler.pattern or not handler.pattern.strip():
