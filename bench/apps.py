@@ -12,7 +12,9 @@ funtask servers (token from ``$FUNTASK_AUTH_TOKEN``, dead letters in
 
 - ``overhead``: ``greet0`` … ``greet15``, the ``greet`` task of
   ``examples/counter.py`` under sixteen names (one slot per task, so sixteen
-  connections can each run their own); default history (10 per task).
+  connections can each run their own); default history (10 per task) and
+  metrics on (the default).
+- ``overhead_nometrics``: the same with ``metrics=False``.
 - ``progress``: ``spin`` (times ``run.progress`` in a loop) and ``fanout``
   (calls ``run.progress`` as fast as it can for a while).
 - ``health``: fifty tasks ``t00`` … ``t49`` keeping 100 results each.
@@ -40,6 +42,7 @@ __all__ = [
     "callbacks",
     "health",
     "overhead",
+    "overhead_nometrics",
     "progress",
     "quart_app",
     "raw_asgi",
@@ -158,8 +161,10 @@ def _server(name: str, **config: Any) -> funtask.Server:
 
 
 overhead = _server("bench-overhead")
+overhead_nometrics = _server("bench-overhead-nometrics", metrics=False)
 for _index in range(GREET_TASKS):
     overhead.add_task(f"greet{_index}", greet, description="Says hello")
+    overhead_nometrics.add_task(f"greet{_index}", greet, description="Says hello")
 
 
 progress = _server("bench-progress", max_event_clients=5000)

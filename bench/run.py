@@ -3,6 +3,7 @@
     python bench/run.py                      # every case, ~5 minutes, writes bench/RESULTS.md
     python bench/run.py --quick              # every case, shorter (~1.5 minutes), prints only
     python bench/run.py --case overhead --case memory [--output FILE]
+    python bench/run.py --case metrics --baseline DIR   # DIR: a checkout of another commit
 
 Every server runs as its own process on loopback under the same hypercorn
 trio worker (``python -m hypercorn -k trio -w 1 --bind 127.0.0.1:PORT
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -47,7 +49,7 @@ from bench.lean import Connection, request_once  # noqa: E402
 
 BENCH = REPO / "bench"
 HOST = "127.0.0.1"
-CASES = ("overhead", "progress", "health", "fanout", "memory", "async")
+CASES = ("overhead", "metrics", "progress", "health", "fanout", "memory", "async")
 PACKAGES = ("funtask", "trio", "hypercorn", "quart", "quart-trio", "werkzeug", "h11", "httpx")
 WRK_THREADS = 2
 WRK_CONNECTIONS = 16
@@ -156,8 +158,10 @@ class Service:
         port: int | None = None,
         stdout_pipe: bool = False,
         dead_letters: Path | None = None,
+        root: Path = REPO,
     ) -> None:
         self.name = name
+        self.root = root
         self.argv = argv
         self.port = port
         self.dead_letters = dead_letters
@@ -165,8 +169,8 @@ class Service:
         self._log = open(self.logfile, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             argv,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if stdout_pipe else self._log,
             stderr=self._log,
@@ -176,9 +180,10 @@ class Service:
 
     @property
     def command(self) -> str:
-        return shlex.join(
+        shown = shlex.join(
             a.replace(sys.executable, "python").replace(str(REPO) + "/", "") for a in self.argv
         )
+        return shown if self.root == REPO else f"(cd BASELINE && {shown})"
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         """Until the port accepts connections."""
@@ -262,8 +267,9 @@ class Service:
 class Harness:
     """Shared state of one run: the token, temp dirs, services and the commands used."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, baseline: Path | None = None) -> None:
         self.settings = settings
+        self.baseline = baseline  # another checkout whose servers run beside this one's
         self.token = "bench-" + secrets.token_hex(12)
         self.tmp = Path(tempfile.mkdtemp(prefix="funtask-bench-"))
         self.logdir = self.tmp / "logs"
@@ -283,13 +289,20 @@ class Harness:
         *,
         env: dict[str, str] | None = None,
         dead_letter_parent: Path | None = None,
+        root: Path = REPO,
+        cpu: int | None = None,
     ) -> Service:
-        """``python -m hypercorn -k trio -w 1 --bind 127.0.0.1:PORT bench.apps:APP``."""
+        """``python -m hypercorn -k trio -w 1 --bind 127.0.0.1:PORT bench.apps:APP``.
+
+        ``root`` is the checkout whose ``funtask`` and ``bench.apps`` are served; with
+        ``cpu`` the server (and its worker process) runs on that CPU only (``taskset``).
+        """
         port = free_port()
         parent = dead_letter_parent or self.tmp
         dead_letters = Path(tempfile.mkdtemp(prefix=f"dead-letters-{app}-", dir=parent))
         self.scratch.append(dead_letters)
-        argv = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "1"]
+        argv = [] if cpu is None else ["taskset", "-c", str(cpu)]
+        argv += [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "1"]
         argv += ["--bind", f"{HOST}:{port}", f"bench.apps:{app}"]
         service = Service(
             f"{app}-{port}",
@@ -297,6 +310,7 @@ class Harness:
             logdir=self.logdir,
             port=port,
             dead_letters=dead_letters,
+            root=root,
             env={
                 "FUNTASK_AUTH_TOKEN": self.token,
                 "FUNTASK_DEAD_LETTER_DIR": str(dead_letters),
@@ -558,18 +572,18 @@ def interleaved(
             "cpu_us": statistics.mean(r["server_cpu_us_per_request"] for r in runs),
             "busy": statistics.mean(r["server_cpu_busy"] for r in runs),
             "rounds_rps": [r["rps"] for r in runs],
+            "rounds_cpu_us": [r["server_cpu_us_per_request"] for r in runs],
             "other_cores": statistics.mean(r["other_cores"] for r in runs),
             "wrk_cores": statistics.mean(r["wrk_cores"] for r in runs),
         }
     return summary
 
 
-def round_ratios(summary: dict[str, dict[str, Any]], top: str, bottom: str) -> list[float]:
-    """Each round's requests/s of ``top`` over ``bottom``."""
-    return [
-        a / b
-        for a, b in zip(summary[top]["rounds_rps"], summary[bottom]["rounds_rps"], strict=True)
-    ]
+def round_ratios(
+    summary: dict[str, dict[str, Any]], top: str, bottom: str, figure: str = "rounds_rps"
+) -> list[float]:
+    """Each round's requests/s (or another per-round ``figure``) of ``top`` over ``bottom``."""
+    return [a / b for a, b in zip(summary[top][figure], summary[bottom][figure], strict=True)]
 
 
 def case_overhead(h: Harness) -> dict[str, Any]:
@@ -603,6 +617,122 @@ def case_overhead(h: Harness) -> dict[str, Any]:
     summary["ratio_raw"] = summary["overhead"]["rps"] / summary["raw_asgi"]["rps"]
     summary["ratio_quart_raw"] = summary["quart_app"]["rps"] / summary["raw_asgi"]["rps"]
     summary["round_ratios_quart"] = round_ratios(summary, "overhead", "quart_app")
+    return summary
+
+
+# -- case 1b: the cost of metrics -------------------------------------------------------------
+
+
+def baseline_label(path: Path) -> str:
+    """The commit of a baseline checkout (git, or the BASELINE_COMMIT file), else its path."""
+    done = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    if done.returncode == 0 and not str(path.resolve()).startswith(str(REPO)):
+        return done.stdout.strip()
+    marker = path / "BASELINE_COMMIT"
+    return marker.read_text().strip() if marker.exists() else str(path)
+
+
+def hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float]:
+    """µs per job spent in the observer hooks (metrics on, and the no-op observer), best of N.
+
+    Measured in this process on the observer itself: the hooks one sync ``/run`` calls
+    (job started, job scope, job finished, run answered). Unlike requests/s on a shared
+    machine, this is stable enough to see a microsecond.
+    """
+
+    async def measure() -> dict[str, float]:
+        from examples.counter import greet
+        from funtask import ok
+        from funtask._jobs import Job
+        from funtask._metrics import Metrics
+        from funtask._observe import NO_OBSERVER, Observer
+        from funtask._params import Params
+        from funtask._run import Run
+        from funtask._tasks import TaskDef
+        from funtask._wire import finished_job
+
+        task = TaskDef("greet0", greet)
+        job = Job(task, "j", Params({}), Run("greet0", "j"), callback_url=None, max_duration=None)
+        record = finished_job("greet0", "j", ok("hi"), 0.0001)
+        metrics = Metrics(
+            tasks=["greet0"], name="bench", instance="bench:1", version="0", dead_letter_dir=None
+        )
+
+        def per_job(observer: Observer) -> float:
+            began = time.perf_counter()
+            for _ in range(loops):
+                observer.job_started(job)
+                with observer.job_scope(job):
+                    pass
+                observer.job_finished(job, record, 0.0001)
+                observer.run_answered("greet0", 200)
+            return (time.perf_counter() - began) / loops * 1e6
+
+        return {
+            label: min(per_job(observer) for _ in range(repeats))
+            for label, observer in (("on", metrics), ("off", NO_OBSERVER))
+        }
+
+    return trio.run(measure)
+
+
+def case_metrics(h: Harness) -> dict[str, Any]:
+    """Trivial sync ``/run`` with metrics on (the default) vs ``metrics=False``, interleaved.
+
+    With ``--baseline DIR`` the same server from another checkout (e.g. the commit
+    before metrics existed) runs in the same rounds, to show the hot path's cost.
+    """
+    apps = [("on", "overhead", "metrics on (default)", REPO)]
+    apps.append(("off", "overhead_nometrics", "metrics=False", REPO))
+    # The same server twice: how far two identical servers differ here (the noise).
+    apps.append(("off2", "overhead_nometrics", "metrics=False, a second copy", REPO))
+    if h.baseline is not None:
+        label = f"baseline {baseline_label(h.baseline)} (no metrics)"
+        apps.append(("base", "overhead", label, h.baseline))
+    post = {
+        "script": "post.lua",
+        "script_args": (str(WRK_CONNECTIONS // WRK_THREADS), h.token),
+    }
+    # Servers compared process against process differ by several per cent for reasons
+    # of their own (where the scheduler puts them, string hashing): every one runs on
+    # the same CPU with the same hash seed.
+    cpu = max(os.sched_getaffinity(0)) if shutil.which("taskset") else None
+    targets = []
+    for key, app, label, root in apps:
+        server = h.start_server(app, root=root, cpu=cpu, env={"PYTHONHASHSEED": "0"})
+        assert server.port is not None
+        status, body = call(
+            server.port, "POST", "/run/greet3", h.token, {"params": {"name": "g3"}}
+        )
+        if status != 200 or body.get("message") != "Hello, g3!":
+            raise RuntimeError(f"{label}: unexpected answer {status} {body!r}")
+        scraped, _ = call(server.port, "GET", "/metrics", h.token)
+        if scraped != (200 if key == "on" else 404):
+            raise RuntimeError(f"{label}: /metrics answered {scraped}")
+        url = f"http://{HOST}:{server.port}"
+        targets.append(Target(key, label, url, server.worker_pid(), post))
+    summary: dict[str, Any] = interleaved(
+        h, "metrics", targets, h.settings.rounds, h.settings.warmup
+    )
+    for service in list(h.services):
+        h.stop(service)
+    summary["keys"] = [key for key, *_ in apps]
+    summary["hooks_us"] = hook_costs()
+    summary["ratio_rps"] = summary["on"]["rps"] / summary["off"]["rps"]
+    summary["ratio_cpu"] = summary["on"]["cpu_us"] / summary["off"]["cpu_us"]
+    summary["round_ratios"] = round_ratios(summary, "on", "off")
+    summary["round_cpu_ratios"] = round_ratios(summary, "on", "off", "rounds_cpu_us")
+    summary["aa_rps"] = summary["off2"]["rps"] / summary["off"]["rps"]
+    summary["aa_cpu"] = summary["off2"]["cpu_us"] / summary["off"]["cpu_us"]
+    summary["round_cpu_ratios_aa"] = round_ratios(summary, "off2", "off", "rounds_cpu_us")
+    if "base" in summary:
+        summary["off_vs_base_rps"] = summary["off"]["rps"] / summary["base"]["rps"]
+        summary["off_vs_base_cpu"] = summary["off"]["cpu_us"] / summary["base"]["cpu_us"]
+        summary["on_vs_base_cpu"] = summary["on"]["cpu_us"] / summary["base"]["cpu_us"]
+        summary["round_ratios_base"] = round_ratios(summary, "off", "base")
+        summary["round_cpu_ratios_base"] = round_ratios(summary, "off", "base", "rounds_cpu_us")
     return summary
 
 
@@ -1184,6 +1314,77 @@ def report_overhead(r: Report, data: dict[str, Any], s: Settings) -> None:
     )
 
 
+def report_metrics(r: Report, data: dict[str, Any], s: Settings) -> None:
+    r.add(
+        "## 1b. The cost of metrics: trivial sync `/run`, metrics on vs `metrics=False`",
+        "",
+        "The server of case 1 (`bench.apps:overhead`, metrics on by default) against the same "
+        "tasks with `metrics=False` (`bench.apps:overhead_nometrics`)"
+        + (
+            ", and the same server from the baseline checkout (`--baseline`, run with its own "
+            "code: `PYTHONPATH` and working directory set to it), "
+            if "base" in data
+            else ", "
+        )
+        + f"side by side: wrk as in case 1, {s.rounds} round(s) of {s.round_seconds:g} s per "
+        f"server after a {s.warmup:g} s warm-up, order rotated per round. Every server runs "
+        "on the same CPU (`taskset -c`, the last one) with `PYTHONHASHSEED=0`, and a second, "
+        "identical `metrics=False` server shows how far two equal servers differ here.",
+        "",
+        "| server | requests/s | p50 | p99 | server CPU/request | non-2xx | per round (req/s) "
+        "| others' CPU |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    )
+    for key in data["keys"]:
+        row = data[key]
+        rounds = ", ".join(f"{v:,.0f}" for v in row["rounds_rps"])
+        r.add(
+            f"| {row['label']} | {row['rps']:,.0f} | {row['p50_ms']:.2f} ms | "
+            f"{row['p99_ms']:.2f} ms | {row['cpu_us']:,.0f} µs | {row['non_2xx']} | {rounds} | "
+            f"{row['other_cores']:.2f} cores |"
+        )
+    rounds = data["round_ratios"]
+    r.add(
+        "",
+        f"- metrics on / off: **{data['ratio_rps']:.1%}** of the requests/s (median of the "
+        f"rounds {statistics.median(rounds):.1%}: " + ", ".join(f"{v:.0%}" for v in rounds) + ")",
+        f"- server CPU per request, on / off: **{data['ratio_cpu'] - 1:+.1%}** "
+        f"({data['on']['cpu_us'] - data['off']['cpu_us']:+,.1f} µs); median of the rounds' "
+        f"ratios {statistics.median(data['round_cpu_ratios']) - 1:+.1%}",
+        f"- the noise: two identical `metrics=False` servers differ by "
+        f"{data['aa_rps'] - 1:+.1%} in requests/s and {data['aa_cpu'] - 1:+.1%} in server "
+        f"CPU per request (median of the rounds' CPU ratios "
+        f"{statistics.median(data['round_cpu_ratios_aa']) - 1:+.1%})",
+        f"- the observer hooks of one sync job, timed alone in the harness (best of 7 x "
+        f"20,000): metrics on **{data['hooks_us']['on']:.2f} µs**, metrics off (the no-op "
+        f"observer) {data['hooks_us']['off']:.2f} µs; against "
+        f"{data['off']['cpu_us']:,.0f} µs of server CPU per request that is "
+        f"{data['hooks_us']['on'] / data['off']['cpu_us']:.2%} and "
+        f"{data['hooks_us']['off'] / data['off']['cpu_us']:.2%}",
+    )
+    if "base" in data:
+        base_rounds = data["round_ratios_base"]
+        r.add(
+            f"- `metrics=False` / baseline: {data['off_vs_base_rps']:.1%} of the requests/s "
+            f"(median of the rounds {statistics.median(base_rounds):.1%}); server CPU per "
+            f"request {data['off_vs_base_cpu'] - 1:+.1%} (median of the rounds' ratios "
+            f"{statistics.median(data['round_cpu_ratios_base']) - 1:+.1%}; metrics on: "
+            f"{data['on_vs_base_cpu'] - 1:+.1%})",
+        )
+    r.add("")
+    contention(r, [data[key] for key in data["keys"]])
+    r.target(
+        "metrics on: >= 95 % of the requests/s with metrics=False",
+        f"{data['ratio_rps']:.1%}",
+        data["ratio_rps"] >= 0.95,
+    )
+    r.target(
+        "metrics on: server CPU per request at most +5 % over metrics=False",
+        f"{data['ratio_cpu'] - 1:+.1%}",
+        data["ratio_cpu"] <= 1.05,
+    )
+
+
 def report_progress(r: Report, data: dict[str, Any]) -> None:
     r.add(
         "## 2. Progress cost: `run.progress()` with /events subscribers",
@@ -1398,6 +1599,7 @@ def report_async(r: Report, data: dict[str, Any]) -> None:
 
 REPORTERS: dict[str, Callable[..., None]] = {
     "overhead": report_overhead,
+    "metrics": report_metrics,
     "progress": report_progress,
     "health": report_health,
     "fanout": report_fanout,
@@ -1414,7 +1616,7 @@ def render(
     for case in CASES:
         if case in results:
             reporter = REPORTERS[case]
-            if case in ("overhead",):
+            if case in ("overhead", "metrics"):
                 reporter(r, results[case], s)
             else:
                 reporter(r, results[case])
@@ -1470,8 +1672,8 @@ def parse_cases(values: list[str] | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def harness(settings: Settings) -> Iterator[Harness]:
-    h = Harness(settings)
+def harness(settings: Settings, baseline: Path | None = None) -> Iterator[Harness]:
+    h = Harness(settings, baseline)
     try:
         yield h
     finally:
@@ -1496,11 +1698,23 @@ def main(argv: list[str] | None = None) -> None:
         "case; otherwise the report is only printed)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    parser.add_argument(
+        "--rounds", type=int, help="interleaved rounds of the overhead and metrics cases"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="a checkout of another commit (e.g. `git archive REV | tar -x -C DIR`) whose "
+        "bench.apps:overhead the metrics case runs side by side with this one's",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     cases = parse_cases(args.case)
     settings = Settings.make(args.quick)
+    if args.rounds:
+        settings = dataclasses.replace(settings, rounds=args.rounds)
     output = args.output
     if output is None and not args.quick and cases == list(CASES):
         output = BENCH / "RESULTS.md"
@@ -1509,13 +1723,16 @@ def main(argv: list[str] | None = None) -> None:
     began = time.monotonic()
     runners = {
         "overhead": case_overhead,
+        "metrics": case_metrics,
         "progress": case_progress,
         "health": case_health,
         "fanout": case_fanout,
         "memory": case_memory,
         "async": case_async,
     }
-    with harness(settings) as h:
+    if args.baseline is not None and not (args.baseline / "bench" / "apps.py").exists():
+        raise SystemExit(f"--baseline {args.baseline}: no bench/apps.py there")
+    with harness(settings, args.baseline) as h:
         probes: dict[str, float] = {}
         for case in cases:
             probes[case] = speed_probe()

@@ -151,6 +151,32 @@ class HttpApi:
         wrapper.__name__ = view.__name__
         return wrapper
 
+    def observed_run(
+        self, view: Callable[..., Awaitable[Response]]
+    ) -> Callable[..., Awaitable[Response]]:
+        """Wrap the ``/run`` view: tell the server's observer how each request was answered."""
+
+        async def wrapper(task: str) -> Response:
+            try:
+                response = await view(task=task)
+            except HTTPException as exc:  # answered by the error handler (408, 413)
+                self._run_answered(task, exc.code or 500)
+                raise
+            except Exception:
+                self._run_answered(task, 500)
+                raise
+            self._run_answered(task, response.status_code)
+            return response
+
+        wrapper.__name__ = view.__name__
+        return wrapper
+
+    def _run_answered(self, task: str, status: int) -> None:
+        runtime = self.server._runtime
+        if runtime is not None:  # no lifespan: nothing observes
+            known = status != 401 and task in runtime.slots  # paths never become labels
+            runtime.observer.run_answered(task if known else None, status)
+
     # -- /run ---------------------------------------------------------------
 
     async def run_task(self, runtime: Runtime, task: str) -> Response:
@@ -254,6 +280,19 @@ class HttpApi:
         """GET /health: server status, per-task progress and result history."""
         return raw_json_response(runtime.health_body())
 
+    async def metrics(self, runtime: Runtime) -> Response:
+        """GET /metrics: the Prometheus text format, or OpenMetrics when ``Accept`` asks."""
+        assert runtime.metrics is not None  # the route exists only with metrics on
+        body, content_type = await runtime.metrics.render(request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
+
+    async def metrics_without_auth(self) -> Response:
+        """GET /metrics with ``metrics_auth=False``."""
+        runtime = self.runtime
+        if runtime is None:
+            return raw_json_response(_NOT_RUNNING, 503)
+        return await self.metrics(runtime)
+
     async def events(self) -> Response:
         """GET /events: Server-Sent Events, a health snapshot per change."""
         runtime = self.runtime
@@ -278,7 +317,8 @@ class HttpApi:
 
     async def dashboard(self) -> Response:
         """GET /dashboard: the built-in page (no auth: it asks for the token itself)."""
-        page = dashboard_page()
+        runtime = self.runtime
+        page = dashboard_page("" if runtime is None else runtime.instance)
         headers = {
             "ETag": page.etag,
             "Cache-Control": "no-cache",
@@ -332,7 +372,9 @@ def create_app(server: Server) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.url_map.strict_slashes = False
     api = HttpApi(server)
-    app.add_url_rule("/run/<task>", "run", api.guarded(api.run_task), methods=["POST"])
+    app.add_url_rule(
+        "/run/<task>", "run", api.observed_run(api.guarded(api.run_task)), methods=["POST"]
+    )
     app.add_url_rule("/stop/<task>", "stop", api.guarded(api.stop_task), methods=["POST"])
     # Never merge slashes here: "/result/%2Fabs" is the jobId "/abs", not a redirect.
     app.url_map.converters["segment_path"] = _AnyPath
@@ -347,6 +389,11 @@ def create_app(server: Server) -> QuartTrio:
     app.add_url_rule("/events", "events", api.events, methods=["GET"])
     if server.settings.dashboard:
         app.add_url_rule("/dashboard", "dashboard", api.dashboard, methods=["GET"])
+    if server.settings.metrics:
+        metrics: Callable[..., Awaitable[Response]] = api.metrics_without_auth
+        if server.settings.metrics_auth:
+            metrics = api.guarded(api.metrics)
+        app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
     app.add_url_rule("/openapi.json", "openapi", api.openapi, methods=["GET"])
     app.add_url_rule("/livez", "livez", api.livez, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", api.readyz, methods=["GET"])

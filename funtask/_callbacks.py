@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -23,6 +24,7 @@ import trio
 from ._allowlist import redact_url
 from ._deadletters import remove_dead_letter, update_dead_letter, write_dead_letter
 from ._duration import format_duration
+from ._observe import NO_OBSERVER, DeliveryResult, Observer
 from ._run import job_log
 from ._signing import signature_headers
 from ._wire import FinishedJob, rfc3339
@@ -80,9 +82,15 @@ class CallbackSender:
         self.timeout = timeout
         self.signing_key = signing_key
 
-    async def attempt(self, url: str, body: bytes, message_id: str) -> AttemptOutcome:
+    async def attempt(
+        self,
+        url: str,
+        body: bytes,
+        message_id: str,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> AttemptOutcome:
         """POST ``body`` to ``url`` once; any 2xx is success, redirects are failures."""
-        headers = {"Content-Type": "application/json"}
+        headers = {**(extra_headers or {}), "Content-Type": "application/json"}
         if self.signing_key is not None:
             headers.update(signature_headers(self.signing_key, message_id, int(time.time()), body))
         response: httpx.Response | None = None
@@ -113,8 +121,10 @@ class Delivery:
         dead_letter_dir: str,
         retries: int,
         drain_started: trio.Event,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.sender = sender
+        self.observer = observer
         self.dead_letter_dir = dead_letter_dir
         self.retries = retries
         self.drain_started = drain_started
@@ -133,11 +143,17 @@ class Delivery:
         message_id = f"{quote(record.job_id, safe='')}.{uuid.uuid4().hex[:16]}"
         attempts = 0
         outcome = AttemptOutcome(False, "stopped before the attempt ended")
+        observer = self.observer
+        ended: DeliveryResult = "stopped"  # unless it ends below: /stop or shutdown cut it short
         try:
             while True:
                 attempts += 1
-                outcome = await self.sender.attempt(url, record.body, message_id)
+                headers: dict[str, str] = {}
+                with observer.callback_scope(record, url, headers):
+                    outcome = await self.sender.attempt(url, record.body, message_id, headers)
+                observer.callback_attempted(record, url, outcome)
                 if outcome.delivered:
+                    ended = "delivered"
                     log.info(
                         "callback delivered to %s (attempt %d)",
                         redact_url(url),
@@ -157,11 +173,13 @@ class Delivery:
                 # Draining cuts the wait short: the next attempt is made at once, and is the last.
                 with trio.move_on_after(retry_delay(attempts, outcome.retry_after)):
                     await self.drain_started.wait()
+            ended = "dead_lettered"
         finally:
             with trio.CancelScope(shield=True):
                 if not outcome.delivered:
                     meta.update(attempts=attempts, lastError=outcome.error)
                     await self._keep(path, record, url, meta)
+            observer.delivery_ended(record, ended)
         return False
 
     async def _keep(

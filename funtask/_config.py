@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -82,7 +83,7 @@ def parse_handler_pattern(pattern: str) -> tuple[str | None, str]:
     return (method.strip() or None), path
 
 
-def handler_problems(handler: HandlerDef, *, dashboard: bool) -> list[str]:
+def handler_problems(handler: HandlerDef, *, dashboard: bool, metrics: bool) -> list[str]:
     """Return the problems of one custom handler registration."""
     problems = []
     if not handler.pattern or not handler.pattern.strip():
@@ -96,7 +97,12 @@ def handler_problems(handler: HandlerDef, *, dashboard: bool) -> list[str]:
         problems.append(f"handler {handler.pattern!r} path must start with '/'")
     reserved = RESERVED_PATHS | ({"/dashboard"} if dashboard else set())
     bare = path.rstrip("/") or "/"
-    if bare in reserved or path.startswith(RESERVED_PREFIXES) or bare + "/" in RESERVED_PREFIXES:
+    if metrics and bare == "/metrics":
+        problems.append(
+            f"handler {handler.pattern!r} conflicts with the built-in /metrics route "
+            "(pass metrics=False to serve your own)"
+        )
+    elif bare in reserved or path.startswith(RESERVED_PREFIXES) or bare + "/" in RESERVED_PREFIXES:
         problems.append(f"handler {handler.pattern!r} conflicts with a built-in route")
     return problems
 
@@ -120,6 +126,9 @@ class Settings:
     callback_signing_secret: str | bytes | None
     max_event_clients: int
     lifespan: Callable[[Any], Any] | None
+    metrics: bool = True
+    metrics_auth: bool = True
+    instance_id: str | None = None
 
     def resolved_tokens(self) -> tuple[str, ...]:
         """The accepted bearer tokens, falling back to ``$FUNTASK_AUTH_TOKEN``."""
@@ -138,6 +147,12 @@ class Settings:
         if directory is None:
             directory = os.environ.get(ENV_DEAD_LETTER_DIR) or None
         return None if directory is None else os.fspath(directory)
+
+    def resolved_instance_id(self) -> str:
+        """This process's display name: ``instance_id``, else ``<hostname>:<pid>`` (now)."""
+        if self.instance_id is not None:
+            return self.instance_id
+        return f"{socket.gethostname()}:{os.getpid()}"
 
     def problems(self) -> list[str]:
         """Every problem with these settings (empty when valid)."""
@@ -188,4 +203,9 @@ class Settings:
         secret = self.callback_signing_secret
         if secret is not None and (not isinstance(secret, (str, bytes)) or not secret):
             problems.append("callback_signing_secret must be a non-empty str or bytes")
+        instance = self.instance_id
+        if instance is not None and (
+            not isinstance(instance, str) or not instance.strip() or not instance.isprintable()
+        ):
+            problems.append(f"instance_id must be a non-empty printable str, not {instance!r}")
         return problems

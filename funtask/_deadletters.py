@@ -49,6 +49,7 @@ from ._threads import run_in_thread
 __all__ = [
     "DeadLetter",
     "callback_body_bytes",
+    "count_dead_letters",
     "dead_letter_name",
     "read_dead_letter",
     "remove_dead_letter",
@@ -171,6 +172,21 @@ def scan_dead_letters(
     letters.sort(key=lambda letter: (letter.created_at, letter.path.name))
     invalid.sort(key=lambda item: item[0].name)
     return letters, invalid
+
+
+def count_dead_letters(directory: str | os.PathLike[str]) -> int:
+    """How many dead-letter files ``directory`` holds, by name, temporary files skipped."""
+    # Names only (regular ``*.json`` files not starting with "."): no file is read.
+    count = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if (
+                not entry.name.startswith(".")
+                and entry.name.endswith(_SUFFIX)
+                and entry.is_file(follow_symlinks=False)
+            ):
+                count += 1
+    return count
 
 
 def callback_body_bytes(letter: DeadLetter) -> bytes:

@@ -64,6 +64,7 @@ class EventHub:
     def open_stream(self) -> EventStream:
         """Reserve a client slot now and return the stream that releases it when closed."""
         self.clients += 1
+        self.runtime.observer.stream_opened()
         return EventStream(self)
 
     def _tick(self, number: int) -> trio.Event:
@@ -143,6 +144,7 @@ class EventStream:
         if not self._released:
             self._released = True
             self._hub.clients -= 1
+            self._hub.runtime.observer.stream_closed()
 
     def __aiter__(self) -> EventStream:
         return self

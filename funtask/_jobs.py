@@ -18,6 +18,7 @@ import trio.testing
 
 from ._duration import format_duration
 from ._errors import JobCancelled, ParamError
+from ._observe import NO_OBSERVER, Observer
 from ._params import Params
 from ._result import Result, fail, fail_from_error
 from ._run import Run
@@ -129,8 +130,10 @@ class JobRunner:
         on_change: Callable[[], None],
         on_finished: Callable[[Job, FinishedJob], Awaitable[None]],
         on_progress: Callable[[], None] | None = None,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.slots = slots
+        self.observer = observer
         self.max_duration = max_duration
         self._on_change = on_change  # a job started, finished or left its slot
         self._on_progress = on_progress or on_change  # a job reported a step or progress
@@ -153,6 +156,7 @@ class JobRunner:
             max_duration=self.max_duration,
         )
         slot.current = job
+        self.observer.job_started(job)
         self.nursery.start_soon(self._run_job, slot, job, name="funtask job")
         self._on_change()
         return job
@@ -193,12 +197,13 @@ class JobRunner:
         slot.history.appendleft(record)
         job.finished.set()
         self._log_outcome(job, result, record)
+        self.observer.job_finished(job, record, duration)
         self._on_change()
         return record
 
     async def _execute(self, slot: TaskSlot, job: Job) -> Result:
         outcome = _Outcome()
-        with job.scope:
+        with job.scope, self.observer.job_scope(job):
             try:
                 if job.task.is_async:
                     outcome.value = await job.task.fn(job.run, job.params)  # type: ignore[misc]

@@ -27,11 +27,13 @@ from ._jobs import (
     TaskSlot,
 )
 from ._logfilter import redacting_httpx_logs
+from ._observe import Observer, combine_observers
 from ._result import fail
 from ._signing import signing_key
 from ._wire import FinishedJob, dumps, rfc3339
 
 if TYPE_CHECKING:
+    from ._metrics import Metrics
     from ._server import Server
 
 __all__ = ["Runtime", "open_runtime"]
@@ -64,12 +66,16 @@ class Runtime:
             task.name: TaskSlot(task, task.keep_results or settings.result_history)
             for task in server.tasks.values()
         }
+        self.instance = settings.resolved_instance_id()
+        self.metrics: Metrics | None = None
+        self.observer = combine_observers(self._make_observers())
         self.runner = JobRunner(
             self.slots,
             max_duration=self.max_duration,
             on_change=self.notifier.bump_milestone,
             on_progress=self.notifier.bump,
             on_finished=self._after_job,
+            observer=self.observer,
         )
         self.drain_started = trio.Event()
         self.drained = trio.Event()  # every job result settled, streams closed
@@ -84,12 +90,30 @@ class Runtime:
             dead_letter_dir=self.dead_letter_dir or "",
             retries=settings.callback_retries,
             drain_started=self.drain_started,
+            observer=self.observer,
         )
         self.events = EventHub(self, max_clients=settings.max_event_clients)
         self.notifier.on_milestone = self.events.ring_all
         self.started_at = trio.current_time()
         self.draining = False
         self._health_cache: tuple[tuple[Any, ...], bytes] | None = None
+
+    def _make_observers(self) -> list[Observer]:
+        """The observers of this server's change points (SPEC section 6)."""
+        observers: list[Observer] = []
+        if self.server.settings.metrics:
+            from . import __version__
+            from ._metrics import Metrics
+
+            self.metrics = Metrics(
+                tasks=self.slots,
+                name=self.name,
+                instance=self.instance,
+                version=__version__,
+                dead_letter_dir=self.dead_letter_dir,
+            )
+            observers.append(self.metrics)
+        return observers
 
     # -- auth -------------------------------------------------------------
 

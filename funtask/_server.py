@@ -67,6 +67,9 @@ class Server:
         callback_signing_secret: str | bytes | None = None,
         max_event_clients: int = DEFAULT_MAX_EVENT_CLIENTS,
         lifespan: Callable[[Server], Any] | None = None,
+        metrics: bool = True,
+        metrics_auth: bool = True,
+        instance_id: str | None = None,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {name!r}")
@@ -95,6 +98,9 @@ class Server:
             callback_signing_secret=callback_signing_secret,
             max_event_clients=max_event_clients,
             lifespan=lifespan,
+            metrics=bool(metrics),
+            metrics_auth=bool(metrics_auth),
+            instance_id=instance_id,
         )
         #: Shared resources for tasks and handlers (set them up in ``lifespan``).
         self.state = types.SimpleNamespace()
@@ -225,7 +231,11 @@ class Server:
                 )
         patterns: set[tuple[str | None, str]] = set()
         for handler in self._handlers:
-            problems.extend(handler_problems(handler, dashboard=self.settings.dashboard))
+            problems.extend(
+                handler_problems(
+                    handler, dashboard=self.settings.dashboard, metrics=self.settings.metrics
+                )
+            )
             key = (handler.method, handler.path)
             if key in patterns:
                 problems.append(f"duplicate handler pattern {handler.pattern!r}")

@@ -38,6 +38,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 TOKEN = "browser-test-token"
+INSTANCE = "browser-worker-1"
 STEP_DURATION = 0.35  # seconds per countdown step: slow enough to watch
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
 TIMEOUT_MS = 15_000  # Playwright's waits
@@ -66,7 +67,11 @@ from playwright.sync_api import (  # noqa: E402  (after the skip: optional depen
 def build_demo_server(dead_letter_dir: Path) -> funtask.Server:
     """A small server like examples/counter.py, with a faster countdown."""
     server = funtask.Server(
-        "counter", auth_token=TOKEN, dead_letter_dir=dead_letter_dir, dashboard=True
+        "counter",
+        auth_token=TOKEN,
+        dead_letter_dir=dead_letter_dir,
+        dashboard=True,
+        instance_id=INSTANCE,
     )
 
     @server.task(description="Says hello", example={"name": "World"})
@@ -289,6 +294,37 @@ def test_run_then_stop_a_countdown(page: Page) -> None:
     expect(countdown.locator(".step")).to_have_text("Not running")
     countdown.locator(".history summary").click()
     expect(countdown.locator(".history-item").first).to_contain_text("job cancelled via /stop")
+
+
+def test_sparkline_and_instance(page: Page) -> None:
+    sign_in(page)
+    expect(page.locator("#instance-name")).to_have_text(INSTANCE)
+    greet, failing = card(page, "greet"), card(page, "fail-demo")
+    # Results already in the history when the page loaded are not counted.
+    expect(greet.locator(".spark-caption")).to_have_text("0 ok · 0 failed · last 5 min")
+    expect(greet.locator(".spark-bar")).to_have_count(30)
+    for name in ("Ada", "Bob"):
+        greet.locator(".params").fill(json.dumps({"name": name}))
+        greet.locator(".run-button").click()
+        expect(greet.locator(".response")).to_contain_text(f"Hello, {name}!")
+    failing.locator(".run-button").click()
+    expect(failing.locator(".response")).to_contain_text("demo_error")
+    expect(greet.locator(".spark-caption")).to_have_text("2 ok · 0 failed · last 5 min")
+    expect(failing.locator(".spark-caption")).to_have_text("0 ok · 1 failed · last 5 min")
+    drawn = """([task, kind]) => [
+        ...document.querySelectorAll(`.task-card[data-task="${task}"] .spark-${kind}`)
+    ].map((bar) => bar.getBoundingClientRect().height)"""
+    ok_heights = page.evaluate(drawn, ["greet", "ok"])
+    assert len(ok_heights) == 30
+    assert ok_heights[-1] > 0  # the newest bar, at the right
+    assert sum(h > 0 for h in ok_heights) == 1
+    assert sum(page.evaluate(drawn, ["greet", "failed"])) == 0
+    assert page.evaluate(drawn, ["fail-demo", "failed"])[-1] > 0
+    # Signing in again starts a new window.
+    page.reload()
+    expect(greet.locator(".spark-caption")).to_have_text("0 ok · 0 failed · last 5 min")
+    page.locator("#sign-out").click()
+    expect(page.locator("#instance-name")).to_be_hidden()
 
 
 def test_invalid_params_are_not_sent(page: Page) -> None:

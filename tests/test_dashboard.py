@@ -14,11 +14,14 @@ from quart import Response
 from trio.testing import MockClock
 
 import funtask
+from funtask._dashboard import with_instance
 from funtask.testing import open_test_client
 
 from _support import build_server
 
 PAGE = files("funtask").joinpath("dashboard.html").read_bytes()
+INSTANCE = "dash-1"
+SERVED = with_instance(PAGE, INSTANCE)  # the page as a server with instance_id=INSTANCE serves it
 
 
 class _PageScan(HTMLParser):
@@ -71,7 +74,7 @@ def directives(policy: str) -> dict[str, list[str]]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> funtask.Server:
-    return build_server(tmp_path, dashboard=True)
+    return build_server(tmp_path, dashboard=True, instance_id=INSTANCE)
 
 
 async def test_dashboard_is_off_by_default(autojump_clock: MockClock, tmp_path: Path) -> None:
@@ -88,7 +91,7 @@ async def test_dashboard_page(autojump_clock: MockClock, server: funtask.Server)
     assert response.headers["content-type"].startswith("text/html")
     assert response.headers["cache-control"] == "no-cache"
     assert re.fullmatch(r'(W/)?"[^"]+"', response.headers["etag"])
-    assert response.content == PAGE
+    assert response.content == SERVED
     assert b"<title>" in response.content
 
 
@@ -131,7 +134,7 @@ async def test_other_etags_get_the_page(
     async with open_test_client(server, authorized=False) as client:
         response = await client.get("/dashboard", headers={"If-None-Match": if_none_match})
     assert response.status_code == 200
-    assert response.content == PAGE
+    assert response.content == SERVED
 
 
 async def test_csp_allows_exactly_the_inline_blocks(
@@ -152,6 +155,42 @@ async def test_csp_allows_exactly_the_inline_blocks(
     assert rules["style-src"] == [csp_hash(page.blocks["style"][0])]
     assert rules["connect-src"] == ["'self'"]
     assert rules["frame-ancestors"] == ["'none'"]
+
+
+@pytest.mark.parametrize(
+    ("instance", "attribute"),
+    [
+        ("worker-7", "worker-7"),
+        ("a\"<b>&c'", "a&quot;&lt;b&gt;&amp;c&#x27;"),
+        ("h\u00f6st:12", "h\u00f6st:12"),
+    ],
+)
+async def test_page_names_the_instance(
+    autojump_clock: MockClock, tmp_path: Path, instance: str, attribute: str
+) -> None:
+    server = build_server(tmp_path, dashboard=True, instance_id=instance)
+    async with open_test_client(server, authorized=False) as client:
+        response = await client.get("/dashboard")
+    tag = f'<meta name="funtask-instance" content="{attribute}">'.encode()
+    assert response.content.count(tag) == 1
+    assert response.content.replace(tag, b'<meta name="funtask-instance" content="">') == PAGE
+    parsed = [
+        value
+        for tag_name, name, value in scan(response.content).attributes
+        if tag_name == "meta" and name == "content" and value == instance
+    ]
+    assert parsed == [instance]
+    # The ETag is the served page's; the CSP is the same for every instance.
+    async with open_test_client(build_server(tmp_path, dashboard=True)) as client:
+        other = await client.get("/dashboard")
+    assert other.headers["etag"] != response.headers["etag"]
+    assert other.headers["content-security-policy"] == response.headers["content-security-policy"]
+
+
+def test_instance_needs_the_placeholder_tag() -> None:
+    assert PAGE.count(b'<meta name="funtask-instance" content="">') == 1
+    with pytest.raises(ValueError, match="funtask-instance"):
+        with_instance(b"<html></html>", "x")
 
 
 def test_page_loads_nothing_from_other_origins() -> None:
@@ -192,6 +231,7 @@ def test_page_has_the_ids_the_tests_rely_on() -> None:
         "count-healthy",
         "count-failed",
         "count-running",
+        "instance-name",
         "connection",
         "sign-out",
     ):

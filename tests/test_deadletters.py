@@ -24,6 +24,7 @@ from funtask import _deadletters
 from funtask._deadletters import (
     DeadLetter,
     callback_body_bytes,
+    count_dead_letters,
     dead_letter_name,
     read_dead_letter,
     remove_dead_letter,
@@ -570,6 +571,21 @@ def test_read_invalid_files_raise_value_error(tmp_path: Path) -> None:
         read_dead_letter(tmp_path / "missing.json")
 
 
+async def test_count_dead_letters_skips_temporary_and_other_files(tmp_path: Path) -> None:
+    assert count_dead_letters(tmp_path) == 0
+    body = {"jobId": "a", "success": True}
+    meta = {"task": "t", "callbackUrl": "", "attempts": 0, "lastError": "", "createdAt": "now"}
+    await write_dead_letter(tmp_path, "a", body, meta)
+    await write_dead_letter(tmp_path, "a", body, meta)  # a.json and a~2.json
+    (tmp_path / ".tmp-half-written").write_bytes(b"{")
+    (tmp_path / ".hidden.json").write_bytes(b"{}")
+    (tmp_path / "notes.txt").write_text("not a letter")
+    (tmp_path / "dir.json").mkdir()
+    assert count_dead_letters(tmp_path) == 2
+    with pytest.raises(FileNotFoundError):
+        count_dead_letters(tmp_path / "missing")
+
+
 def test_dead_letter_is_frozen(tmp_path: Path) -> None:
     letter = DeadLetter(tmp_path / "x.json", "x", "t", "https://h", 0, "", "now", {"jobId": "x"})
     with pytest.raises(AttributeError):
@@ -580,6 +596,7 @@ def test_public_names() -> None:
     assert set(_deadletters.__all__) == {
         "DeadLetter",
         "callback_body_bytes",
+        "count_dead_letters",
         "dead_letter_name",
         "read_dead_letter",
         "remove_dead_letter",

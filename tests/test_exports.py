@@ -169,6 +169,9 @@ PYTHON_ONLY_KEYWORDS = [
     "callback_signing_secret",
     "max_event_clients",
     "lifespan",
+    "metrics",
+    "metrics_auth",
+    "instance_id",
 ]
 
 #: The Go names in the seed's index; each must be covered by a table above.

@@ -60,6 +60,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("/dashboard", "get"): {"200", "304"},
     ("/livez", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
+    ("/metrics", "get"): {"200", "401", "404"},
     ("/openapi.json", "get"): {"200"},
 }
 OPEN_OPERATIONS = {"/dashboard", "/livez", "/readyz", "/openapi.json"}
@@ -384,6 +385,7 @@ async def test_auth_failures_conform(autojump_clock: MockClock, tmp_path: Path) 
             ("GET", "/health", "/health"),
             ("GET", "/events", "/events"),
             ("GET", "/events?token=wrong", "/events"),
+            ("GET", "/metrics", "/metrics"),
         ):
             response = await client.request(method, url, headers={"Authorization": "Bearer no"})
             assert response.status_code == 401, url
@@ -401,6 +403,28 @@ async def test_not_found_answers_conform(autojump_clock: MockClock, tmp_path: Pa
             response = await client.request(method, url)
             assert response.status_code == 404, url
             conforms(response, template, method.lower())
+    async with open_test_client(_server(tmp_path, metrics=False)) as client:
+        response = await client.get("/metrics")
+        assert response.status_code == 404
+        conforms(response, "/metrics", "get")
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        (None, "text/plain"),
+        ("application/openmetrics-text; version=1.0.0", "application/openmetrics-text"),
+    ],
+)
+async def test_metrics_conform(
+    autojump_clock: MockClock, tmp_path: Path, accept: str | None, media_type: str
+) -> None:
+    headers = {"Accept": accept} if accept else {}
+    async with open_test_client(_server(tmp_path)) as client:
+        response = await client.get("/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0] == media_type
+    conforms(response, "/metrics", "get")
 
 
 async def test_busy_running_stop_and_health_conform(
@@ -522,6 +546,7 @@ async def test_without_lifespan_answers_conform(autojump_clock: MockClock, tmp_p
                 ("GET", "/health", "/health"),
                 ("GET", "/events", "/events"),
                 ("GET", "/readyz", "/readyz"),
+                ("GET", "/metrics", "/metrics"),
             ):
                 response = await client.request(method, url)
                 assert response.status_code == 503, url
