@@ -336,3 +336,33 @@ async def test_a_connection_closed_by_the_server_leaves_no_task_behind() -> None
             await trio.sleep(0.05)
         assert _count_tasks() <= baseline
         stop.set()
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "hypercorn-as-is"])
+async def test_a_funtask_server_closes_an_idle_keep_alive_connection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fixed: bool
+) -> None:
+    # quart-trio cancels a request inside its last send, which would skip hypercorn's
+    # keep-alive timer; funtask shields that send (docs/upstream.md, 3), fixes or not.
+    hypercorns_own_server(monkeypatch)
+    if not fixed:
+        monkeypatch.setattr(_hypercorn_fixes, "hypercorn_version", lambda: "0.19.0")
+    server = build_server(tmp_path)
+    stop = trio.Event()
+    config = loopback_config(keep_alive_timeout=KEEP_ALIVE)
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            partial(serve, server, config, shutdown_trigger=stop.wait)
+        )  # type: ignore[arg-type]
+        assert getattr(hypercorn_run.TCPServer, "__funtask_fixed__", False) is fixed
+        port = int(binds[0].rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        for _ in range(2):  # the timer must survive an answer, not only the connection's start
+            await stream.send_all(b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
+            data = b""
+            while not data.endswith(b'{"status":"ok"}'):
+                chunk = await stream.receive_some(65536)
+                assert chunk, f"connection closed before the answer: {data!r}"
+                data += chunk
+        assert KEEP_ALIVE - 0.05 <= await seconds_until_closed(stream) < LATE
+        stop.set()
