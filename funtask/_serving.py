@@ -49,7 +49,8 @@ def shield_final_send(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     hypercorn tidies the connection up inside that call and may deliver
     ``http.disconnect`` meanwhile, on which quart-trio cancels the request;
-    cancelling that very send would leave a keep-alive connection hanging.
+    cancelling that very send would leave a keep-alive connection hanging
+    (``docs/upstream.md``, section 3).
     """
 
     async def shielded(message: Any) -> None:
