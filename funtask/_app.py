@@ -228,7 +228,9 @@ class HttpApi:
                 task=task,
                 currentJob={"jobId": current.job_id, "running": runtime.running_for(current)},
             )
-        job = runtime.runner.start(slot, job_id, Params(body.params), callback_url=callback_url)
+        job = runtime.runner.start(
+            slot, job_id, Params(body.params), callback_url=callback_url, headers=request.headers
+        )
         if callback_url is not None:
             return json_response({"jobId": job_id}, 202)
         record = await runtime.wait_sync(job)

@@ -44,6 +44,7 @@ class AttemptOutcome:
     delivered: bool
     error: str = ""
     retry_after: float | None = None  # seconds the receiver asked us to wait
+    status: int | None = None  # the HTTP status answered, if any
 
 
 def retry_delay(failed_attempts: int, retry_after: float | None) -> float:
@@ -103,12 +104,13 @@ class CallbackSender:
                 return AttemptOutcome(False, f"{type(exc).__name__}: {exc}")
         if response is None:
             return AttemptOutcome(False, f"timed out after {format_duration(self.timeout)}")
-        if 200 <= response.status_code < 300:
-            return AttemptOutcome(True)
+        status = response.status_code
+        if 200 <= status < 300:
+            return AttemptOutcome(True, status=status)
         retry_after = None
-        if response.status_code in (429, 503):
+        if status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return AttemptOutcome(False, f"HTTP {response.status_code}", retry_after)
+        return AttemptOutcome(False, f"HTTP {status}", retry_after, status)
 
 
 class Delivery:
@@ -129,14 +131,23 @@ class Delivery:
         self.retries = retries
         self.drain_started = drain_started
 
-    async def deliver(self, record: FinishedJob, url: str, *, single_attempt: bool) -> bool:
+    async def deliver(
+        self,
+        record: FinishedJob,
+        url: str,
+        *,
+        single_attempt: bool,
+        trace: Mapping[str, str] | None = None,
+    ) -> bool:
         """Dead-letter ``record``, then POST it to ``url`` until a 2xx or the retries run out.
 
         Returns whether it was delivered. Cancelling the caller's scope (``/stop``
         during delivery) ends the schedule; the dead letter stays for replay.
+        ``trace`` is the job's W3C trace context: kept in the dead letter, and the
+        headers each attempt starts from (the observer may replace them).
         """
         log = job_log(logger, record.task, record.job_id)
-        meta = _meta(record, url, attempts=0, last_error="")
+        meta = _meta(record, url, attempts=0, last_error="", trace=trace)
         path = await self._write(record, meta, "callback NOT attempted")
         if path is None:
             return False
@@ -148,7 +159,7 @@ class Delivery:
         try:
             while True:
                 attempts += 1
-                headers: dict[str, str] = {}
+                headers: dict[str, str] = dict(trace) if trace else {}
                 with observer.callback_scope(record, url, headers):
                     outcome = await self.sender.attempt(url, record.body, message_id, headers)
                 observer.callback_attempted(record, url, outcome)
@@ -198,9 +209,11 @@ class Delivery:
             path,
         )
 
-    async def keep_unsent(self, record: FinishedJob, reason: str) -> None:
+    async def keep_unsent(
+        self, record: FinishedJob, reason: str, trace: Mapping[str, str] | None = None
+    ) -> None:
         """Dead-letter a sync result whose response could not be sent."""
-        meta = _meta(record, "", attempts=0, last_error=reason)
+        meta = _meta(record, "", attempts=0, last_error=reason, trace=trace)
         path = await self._write(record, meta, "the unsent result is lost")
         if path is None:
             return
@@ -227,11 +240,21 @@ class Delivery:
             return None
 
 
-def _meta(record: FinishedJob, url: str, *, attempts: int, last_error: str) -> dict[str, Any]:
-    return {
+def _meta(
+    record: FinishedJob,
+    url: str,
+    *,
+    attempts: int,
+    last_error: str,
+    trace: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
         "task": record.task,
         "callbackUrl": url,
         "attempts": attempts,
         "lastError": last_error,
         "createdAt": rfc3339(time.time()),
     }
+    if trace:
+        meta.update(trace)  # "traceparent" (and "tracestate"): replay sends them again
+    return meta

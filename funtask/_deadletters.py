@@ -7,7 +7,9 @@ their original order) plus one last member::
 
     "deadLetter": {"task", "callbackUrl", "attempts", "lastError", "createdAt"}
 
-which replay strips before posting (see :func:`callback_body_bytes`).
+which replay strips before posting (see :func:`callback_body_bytes`).  When
+the job had a W3C trace context, the member also holds ``traceparent`` (and
+``tracestate``), which replay sends as headers so the trace continues.
 
 File names (see :func:`dead_letter_name`) are ``<jobId>.json`` for ordinary
 ids, like the Go implementation, and otherwise a percent-encoding or a SHA-256
@@ -29,6 +31,7 @@ never started.  The sync functions are meant for the command line.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -45,6 +48,7 @@ from typing import Any, Final, NoReturn
 import trio
 
 from ._threads import run_in_thread
+from ._tracecontext import carrier_from_meta
 
 __all__ = [
     "DeadLetter",
@@ -86,6 +90,7 @@ class DeadLetter:
     last_error: str  # why the last attempt failed ("" if none was made)
     created_at: str  # RFC 3339 timestamp of the first write
     body: dict[str, Any]  # the callback body, without ``deadLetter``, in file order
+    trace: dict[str, str] = dataclasses.field(default_factory=dict)  # valid traceparent/tracestate
 
 
 def dead_letter_name(job_id: str) -> str:
@@ -255,7 +260,8 @@ def _read(path: Path) -> DeadLetter:
     job_id = document.get("jobId")
     if not isinstance(job_id, str):
         raise ValueError("jobId is missing or not a string")
-    return DeadLetter(path, job_id, task, url, attempts, last_error, created_at, document)
+    trace = carrier_from_meta(meta)
+    return DeadLetter(path, job_id, task, url, attempts, last_error, created_at, document, trace)
 
 
 # -- blocking file operations (run in worker threads by the async API) ----------

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import trio
 import trio.testing
@@ -24,6 +24,7 @@ from ._result import Result, fail, fail_from_error
 from ._run import Run
 from ._tasks import TaskDef
 from ._threads import hold_mock_clock
+from ._tracecontext import HeaderLookup
 from ._wire import FinishedJob, finished_job
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -72,6 +73,12 @@ class Job:
         self.delivery_stopped = False
         self.delivery_scope: trio.CancelScope | None = None
         self.thread_scope: trio.CancelScope | None = None
+        # Tracing (SPEC 6): the /run request's headers, for the job_started hook only;
+        # the W3C trace context kept with the job (``traceparent``/``tracestate``, also
+        # written into its dead letter); the tracing observer's own state.
+        self.request_headers: HeaderLookup | None = None
+        self.trace_context: dict[str, str] | None = None
+        self.tracing: Any = None
 
     def __repr__(self) -> str:
         return f"<Job {self.task.name}/{self.job_id!r}>"
@@ -141,9 +148,18 @@ class JobRunner:
         self.nursery: trio.Nursery | None = None
 
     def start(
-        self, slot: TaskSlot, job_id: str, params: Params, *, callback_url: str | None
+        self,
+        slot: TaskSlot,
+        job_id: str,
+        params: Params,
+        *,
+        callback_url: str | None,
+        headers: HeaderLookup | None = None,
     ) -> Job:
-        """Occupy ``slot`` with a new job and start it; the caller checked the slot is free."""
+        """Occupy ``slot`` with a new job and start it; the caller checked the slot is free.
+
+        ``headers`` are the ``/run`` request's (the trace context's source, SPEC 6).
+        """
         if self.nursery is None:
             raise RuntimeError("the job runner is not running")
         run = Run(slot.task.name, job_id, on_change=self._on_progress)
@@ -156,7 +172,10 @@ class JobRunner:
             max_duration=self.max_duration,
         )
         slot.current = job
+        job.request_headers = headers
         self.observer.job_started(job)
+        job.request_headers = None
+        run._on_step = self.observer.job_steps(job)
         self.nursery.start_soon(self._run_job, slot, job, name="funtask job")
         self._on_change()
         return job

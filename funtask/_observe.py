@@ -10,6 +10,9 @@ The hooks, in the order one job meets them:
 ==========================  ====================================================
 ``job_started(job)``        the job took its slot (in the task that called
                             ``JobRunner.start``: for ``/run``, the request's)
+``job_steps(job)``          a callable for the job's step messages, or None (asked
+                            once, right after ``job_started``; it may be called
+                            from the worker thread of a ``def`` task)
 ``job_scope(job)``          context manager around the task function, entered
                             in the job's own task (a span made current here is
                             current in the task, its nurseries and its thread)
@@ -25,15 +28,15 @@ The hooks, in the order one job meets them:
 ``stream_closed()``
 ==========================  ====================================================
 
-Every hook runs in the Trio thread, must not block or raise, and returns
-quickly. The base class does nothing, so a server without metrics pays one
-no-op call per hook.
+Every hook runs in the Trio thread (except the step callable, see above),
+must not block or raise, and returns quickly. The base class does nothing, so
+a server without metrics pays one no-op call per hook.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -58,6 +61,10 @@ class Observer:
 
     def job_started(self, job: Job) -> None:
         """A job took its task's slot and is about to run."""
+
+    def job_steps(self, job: Job) -> Callable[[str], None] | None:
+        """A callable to receive the job's step messages, or None (steps then cost nothing)."""
+        return None
 
     def job_scope(self, job: Job) -> AbstractContextManager[None]:
         """Context entered around the task function, in the job's own task."""
@@ -101,6 +108,21 @@ class _FanOut(Observer):
     def job_started(self, job: Job) -> None:
         for observer in self.observers:
             observer.job_started(job)
+
+    def job_steps(self, job: Job) -> Callable[[str], None] | None:
+        listeners = [
+            listener
+            for listener in (observer.job_steps(job) for observer in self.observers)
+            if listener is not None
+        ]
+        if len(listeners) <= 1:
+            return listeners[0] if listeners else None
+
+        def every(message: str) -> None:
+            for listener in listeners:
+                listener(message)
+
+        return every
 
     @contextlib.contextmanager
     def job_scope(self, job: Job) -> Iterator[None]:

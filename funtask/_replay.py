@@ -64,6 +64,7 @@ async def replay_dead_letters(
     """POST every dead letter once, to ``to`` or to the callback URL stored in the file.
 
     A file is removed only after a 2xx answer; anything else leaves it in place.
+    A letter's kept ``traceparent``/``tracestate`` go out as headers.
     """
     report = ReplayReport()
     letters, invalid = await run_in_thread(scan_dead_letters, directory)
@@ -79,7 +80,8 @@ async def replay_dead_letters(
                 report.skipped.append((letter.path, "no valid callback URL (use --to URL)"))
                 continue
             message_id = f"{quote(letter.job_id, safe='')}.{uuid.uuid4().hex[:16]}"
-            outcome = await sender.attempt(target, callback_body_bytes(letter), message_id)
+            body = callback_body_bytes(letter)
+            outcome = await sender.attempt(target, body, message_id, letter.trace)
             if outcome.delivered:
                 await remove_dead_letter(letter.path)
                 report.delivered.append(letter.path)

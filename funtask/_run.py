@@ -113,6 +113,7 @@ class Run:
         self._raw: tuple[str, int | None, int, float, float | None] = ("", None, 0, 0.0, None)
         self._cancelled = False  # set once from the Trio thread; a bool store is atomic
         self._on_change = on_change
+        self._on_step: Callable[[str], None] | None = None  # set by the runner when observed
         self._step_log_level = step_log_level
         self.log: logging.LoggerAdapter = JobLogAdapter(  # type: ignore[type-arg]
             task_logger, {"task": task, "job_id": job_id}
@@ -181,6 +182,8 @@ class Run:
     def _note_step(self, message: str) -> None:
         if message:
             self._steps.append(message)
+            if self._on_step is not None:
+                self._on_step(message)
             if self.log.isEnabledFor(self._step_log_level):
                 self.log.log(self._step_log_level, "step: %s", message)
 

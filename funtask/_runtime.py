@@ -113,6 +113,9 @@ class Runtime:
                 dead_letter_dir=self.dead_letter_dir,
             )
             observers.append(self.metrics)
+        tracing = _tracing_observer()
+        if tracing is not None:
+            observers.append(tracing)
         return observers
 
     # -- auth -------------------------------------------------------------
@@ -137,10 +140,13 @@ class Runtime:
             with trio.CancelScope() as job.delivery_scope:
                 if not job.delivery_stopped:
                     await self.delivery.deliver(
-                        record, job.callback_url, single_attempt=self.draining
+                        record,
+                        job.callback_url,
+                        single_attempt=self.draining,
+                        trace=job.trace_context,
                     )
         elif job.unsent is not None:
-            await self.delivery.keep_unsent(record, job.unsent)
+            await self.delivery.keep_unsent(record, job.unsent, job.trace_context)
 
     async def wait_sync(self, job: Job) -> FinishedJob | None:
         """Wait for a job's result for a sync caller; None on the sync timeout.
@@ -169,7 +175,9 @@ class Runtime:
             return
         job.unsent = reason
         if job.settled and job.record is not None:
-            self.nursery.start_soon(self.delivery.keep_unsent, job.record, reason)
+            self.nursery.start_soon(
+                self.delivery.keep_unsent, job.record, reason, job.trace_context
+            )
 
     def stop_delivery(self, job: Job) -> None:
         """End the callback retry schedule of a finished job (``/stop`` during delivery)."""
@@ -334,9 +342,26 @@ class Runtime:
         record = self.runner.finish(slot, job, fail("worker_shutdown", "server is shutting down"))
         job.settled = True
         if job.callback_url is not None:
-            await self.delivery.deliver(record, job.callback_url, single_attempt=True)
+            await self.delivery.deliver(
+                record, job.callback_url, single_attempt=True, trace=job.trace_context
+            )
         else:
-            await self.delivery.keep_unsent(record, "server shut down while the job was running")
+            await self.delivery.keep_unsent(
+                record, "server shut down while the job was running", job.trace_context
+            )
+
+
+def _tracing_observer() -> Observer | None:
+    """The tracing observer when ``opentelemetry-api`` is installed, else None (SPEC 6)."""
+    try:
+        from ._tracing import Tracing
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "opentelemetry":
+            raise
+        return None
+    from . import __version__
+
+    return Tracing(__version__)
 
 
 def _seconds(value: Any) -> float:
