@@ -20,12 +20,22 @@ funtask servers (token from ``$FUNTASK_AUTH_TOKEN``, dead letters in
 - ``health``: fifty tasks ``t00`` … ``t49`` keeping 100 results each.
 - ``callbacks``: ten tasks ``a0`` … ``a9`` with callbacks allowed to
   ``$BENCH_CALLBACK_ORIGIN`` (the harness's receiver).
+
+``$FUNTASK_BENCH_OTEL`` (read at import, before funtask starts serving) sets
+what the server process has of OpenTelemetry: unset, the API as installed
+(no SDK configured); ``block``, nothing (a ``sys.meta_path`` finder makes every
+``opentelemetry`` import fail, as if the package were not installed);
+``sdk``, an SDK ``TracerProvider`` with a ``BatchSpanProcessor`` whose exporter
+discards the spans (the cost of making spans, not of shipping them).
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import parse_qs
 
@@ -49,6 +59,43 @@ __all__ = [
 ]
 
 GREET_TASKS: Final = 16
+
+
+# -- OpenTelemetry in this process ($FUNTASK_BENCH_OTEL) -------------------------
+
+
+class _NoOpenTelemetry(importlib.abc.MetaPathFinder):
+    """Makes every ``opentelemetry`` import fail, as without the package."""
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: Any = None) -> None:
+        if name.partition(".")[0] == "opentelemetry":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+
+
+def _configure_opentelemetry(mode: str) -> None:
+    if mode == "block":
+        sys.meta_path.insert(0, _NoOpenTelemetry())
+    elif mode == "sdk":
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class Discard(SpanExporter):
+            def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Discard()))
+        trace.set_tracer_provider(provider)
+    elif mode:
+        raise RuntimeError(f"FUNTASK_BENCH_OTEL must be block or sdk, not {mode!r}")
+
+
+_configure_opentelemetry(os.environ.get("FUNTASK_BENCH_OTEL", ""))
 
 #: What the floors answer: the shape and size of funtask's answer to ``greet``.
 FIXED_ANSWER: Final = (

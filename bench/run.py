@@ -4,6 +4,7 @@
     python bench/run.py --quick              # every case, shorter (~1.5 minutes), prints only
     python bench/run.py --case overhead --case memory [--output FILE]
     python bench/run.py --case metrics --baseline DIR   # DIR: a checkout of another commit
+    python bench/run.py --case tracing --rounds 40      # opentelemetry-api vs none vs an SDK
 
 Every server runs as its own process on loopback under the same hypercorn
 trio worker (``python -m hypercorn -k trio -w 1 --bind 127.0.0.1:PORT
@@ -49,7 +50,7 @@ from bench.lean import Connection, request_once  # noqa: E402
 
 BENCH = REPO / "bench"
 HOST = "127.0.0.1"
-CASES = ("overhead", "metrics", "progress", "health", "fanout", "memory", "async")
+CASES = ("overhead", "metrics", "tracing", "progress", "health", "fanout", "memory", "async")
 PACKAGES = ("funtask", "trio", "hypercorn", "quart", "quart-trio", "werkzeug", "h11", "httpx")
 WRK_THREADS = 2
 WRK_CONNECTIONS = 16
@@ -736,6 +737,135 @@ def case_metrics(h: Harness) -> dict[str, Any]:
     return summary
 
 
+# -- case 1c: the cost of tracing -------------------------------------------------------------
+
+
+def tracing_hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float]:
+    """µs per job in the tracing observer's hooks, best of N, timed in this process.
+
+    The hooks one sync ``/run`` calls, as the runner calls them: ``none`` is the no-op
+    observer (no package), ``api`` the tracing observer without an SDK (no
+    ``traceparent`` in the request), ``api_forward`` the same with a valid
+    ``traceparent`` and ``tracestate`` (validated and kept for a callback), ``sdk``
+    with an SDK configured (a ``BatchSpanProcessor`` whose exporter discards spans).
+    The SDK is set as the global provider only after the other figures.
+    """
+
+    async def measure() -> dict[str, float]:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+        from werkzeug.datastructures import Headers
+
+        from examples.counter import greet
+        from funtask import ok
+        from funtask._jobs import Job
+        from funtask._observe import NO_OBSERVER, Observer
+        from funtask._params import Params
+        from funtask._run import Run
+        from funtask._tasks import TaskDef
+        from funtask._tracing import Tracing
+        from funtask._wire import finished_job
+
+        task = TaskDef("greet0", greet)
+        record = finished_job("greet0", "j", ok("hi"), 0.0001)
+        plain = Headers({"Content-Type": "application/json", "Authorization": "Bearer x"})
+        traced = plain.copy()
+        traced["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        traced["tracestate"] = "rojo=00f067aa0ba902b7"
+
+        def per_job(observer: Observer, headers: Headers) -> float:
+            began = time.perf_counter()
+            for _ in range(loops):
+                run = Run("greet0", "j")
+                job = Job(task, "j", Params({}), run, callback_url=None, max_duration=None)
+                job.request_headers = headers
+                observer.job_started(job)
+                job.request_headers = None
+                run._on_step = observer.job_steps(job)
+                with observer.job_scope(job):
+                    run.step("greeting")
+                observer.job_finished(job, record, 0.0001)
+                observer.run_answered("greet0", 200)
+            return (time.perf_counter() - began) / loops * 1e6
+
+        tracing = Tracing("bench")
+        costs = {
+            label: min(per_job(observer, headers) for _ in range(repeats))
+            for label, observer, headers in (
+                ("none", NO_OBSERVER, plain),
+                ("api", tracing, plain),
+                ("api_forward", tracing, traced),
+            )
+        }
+
+        class Discard(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Discard()))
+        trace.set_tracer_provider(provider)
+        costs["sdk"] = min(per_job(tracing, traced) for _ in range(repeats))
+        provider.shutdown()
+        return costs
+
+    return trio.run(measure)
+
+
+def case_tracing(h: Harness) -> dict[str, Any]:
+    """Trivial sync ``/run``: opentelemetry-api installed (no SDK) vs blocked vs an SDK.
+
+    The same server (``bench.apps:overhead``) four times, side by side in interleaved
+    rounds: with the API as installed here and no SDK; with every ``opentelemetry``
+    import blocked in the server process (as without the package), twice (the
+    noise); and with an SDK configured (``FUNTASK_BENCH_OTEL``, see bench/apps.py).
+    """
+    apps = [
+        ("api", "", "opentelemetry-api, no SDK"),
+        ("none", "block", "no opentelemetry (imports blocked)"),
+        ("none2", "block", "no opentelemetry, a second copy"),
+        ("sdk", "sdk", "SDK configured (spans discarded)"),
+    ]
+    post = {
+        "script": "post.lua",
+        "script_args": (str(WRK_CONNECTIONS // WRK_THREADS), h.token),
+    }
+    cpu = max(os.sched_getaffinity(0)) if shutil.which("taskset") else None
+    targets = []
+    for key, mode, label in apps:
+        env = {"PYTHONHASHSEED": "0"}
+        if mode:
+            env["FUNTASK_BENCH_OTEL"] = mode
+        server = h.start_server("overhead", cpu=cpu, env=env)
+        assert server.port is not None
+        status, body = call(
+            server.port, "POST", "/run/greet3", h.token, {"params": {"name": "g3"}}
+        )
+        if status != 200 or body.get("message") != "Hello, g3!":
+            raise RuntimeError(f"{label}: unexpected answer {status} {body!r}")
+        h.note(f"FUNTASK_BENCH_OTEL={mode or '(unset)'}: {label}")
+        url = f"http://{HOST}:{server.port}"
+        targets.append(Target(key, label, url, server.worker_pid(), post))
+    summary: dict[str, Any] = interleaved(
+        h, "tracing", targets, h.settings.rounds, h.settings.warmup
+    )
+    for service in list(h.services):
+        h.stop(service)
+    summary["keys"] = [key for key, *_ in apps]
+    summary["hooks_us"] = tracing_hook_costs()
+    for top in ("api", "none2", "sdk"):
+        summary[f"{top}_rps"] = summary[top]["rps"] / summary["none"]["rps"]
+        summary[f"{top}_cpu"] = summary[top]["cpu_us"] / summary["none"]["cpu_us"]
+        summary[f"{top}_round_cpu"] = round_ratios(summary, top, "none", "rounds_cpu_us")
+        summary[f"{top}_round_rps"] = round_ratios(summary, top, "none")
+    return summary
+
+
 # -- case 2: progress cost -----------------------------------------------------------------
 
 
@@ -1385,6 +1515,65 @@ def report_metrics(r: Report, data: dict[str, Any], s: Settings) -> None:
     )
 
 
+def report_tracing(r: Report, data: dict[str, Any], s: Settings) -> None:
+    r.add(
+        "## 1c. The cost of tracing: opentelemetry-api without an SDK, and with one",
+        "",
+        "The server of case 1 (`bench.apps:overhead`) four times, side by side: with "
+        "`opentelemetry-api` installed and no SDK configured (the tracing observer on, "
+        "making no span); with every `opentelemetry` import blocked in the server process "
+        "(a `sys.meta_path` finder: as without the package, so no tracing observer), twice "
+        "to show the noise; and with an SDK `TracerProvider` configured (a "
+        "`BatchSpanProcessor` whose exporter discards the spans). wrk as in case 1 (no "
+        f"`traceparent` sent), {s.rounds} round(s) of {s.round_seconds:g} s per server after "
+        f"a {s.warmup:g} s warm-up, order rotated per round; every server on the same CPU "
+        "(`taskset -c`) with `PYTHONHASHSEED=0`.",
+        "",
+        "| server | requests/s | p50 | p99 | server CPU/request | non-2xx | others' CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    )
+    for key in data["keys"]:
+        row = data[key]
+        r.add(
+            f"| {row['label']} | {row['rps']:,.0f} | {row['p50_ms']:.2f} ms | "
+            f"{row['p99_ms']:.2f} ms | {row['cpu_us']:,.1f} µs | {row['non_2xx']} | "
+            f"{row['other_cores']:.2f} cores |"
+        )
+    r.add("")
+    for key, what in (
+        ("api", "API, no SDK"),
+        ("none2", "the second blocked copy (noise)"),
+        ("sdk", "SDK configured"),
+    ):
+        r.add(
+            f"- {what} / blocked: **{data[key + '_rps']:.1%}** of the requests/s (median "
+            f"of the rounds {statistics.median(data[key + '_round_rps']):.1%}); server CPU "
+            f"per request **{data[key + '_cpu'] - 1:+.1%}** "
+            f"({data[key]['cpu_us'] - data['none']['cpu_us']:+,.1f} µs; median of the "
+            f"rounds' ratios {statistics.median(data[key + '_round_cpu']) - 1:+.1%})"
+        )
+    hooks = data["hooks_us"]
+    r.add(
+        f"- the observer hooks of one sync job with one step, timed alone in the harness "
+        f"(best of 7 x 20,000, Job and Run creation included): no observer "
+        f"{hooks['none']:.2f} µs; tracing observer without an SDK {hooks['api']:.2f} µs, "
+        f"with a valid `traceparent`/`tracestate` to forward {hooks['api_forward']:.2f} µs; "
+        f"with an SDK (job span, one step event, batch processor) {hooks['sdk']:.2f} µs",
+        "",
+    )
+    contention(r, [data[key] for key in data["keys"]])
+    r.target(
+        "opentelemetry-api without an SDK: >= 98 % of the requests/s without the package",
+        f"{data['api_rps']:.1%}",
+        data["api_rps"] >= 0.98,
+    )
+    r.target(
+        "opentelemetry-api without an SDK: server CPU per request at most +2 %",
+        f"{data['api_cpu'] - 1:+.1%}",
+        data["api_cpu"] <= 1.02,
+    )
+
+
 def report_progress(r: Report, data: dict[str, Any]) -> None:
     r.add(
         "## 2. Progress cost: `run.progress()` with /events subscribers",
@@ -1600,6 +1789,7 @@ def report_async(r: Report, data: dict[str, Any]) -> None:
 REPORTERS: dict[str, Callable[..., None]] = {
     "overhead": report_overhead,
     "metrics": report_metrics,
+    "tracing": report_tracing,
     "progress": report_progress,
     "health": report_health,
     "fanout": report_fanout,
@@ -1616,7 +1806,7 @@ def render(
     for case in CASES:
         if case in results:
             reporter = REPORTERS[case]
-            if case in ("overhead", "metrics"):
+            if case in ("overhead", "metrics", "tracing"):
                 reporter(r, results[case], s)
             else:
                 reporter(r, results[case])
@@ -1699,7 +1889,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON")
     parser.add_argument(
-        "--rounds", type=int, help="interleaved rounds of the overhead and metrics cases"
+        "--rounds",
+        type=int,
+        help="interleaved rounds of the overhead, metrics and tracing cases",
     )
     parser.add_argument(
         "--baseline",
@@ -1724,6 +1916,7 @@ def main(argv: list[str] | None = None) -> None:
     runners = {
         "overhead": case_overhead,
         "metrics": case_metrics,
+        "tracing": case_tracing,
         "progress": case_progress,
         "health": case_health,
         "fanout": case_fanout,
