@@ -104,6 +104,12 @@ class _FanOut(Observer):
 
     def __init__(self, observers: tuple[Observer, ...]) -> None:
         self.observers = observers
+        # Asked once per job: only the observers that may want steps.
+        self._step_observers = tuple(
+            observer
+            for observer in observers
+            if type(observer).job_steps is not Observer.job_steps
+        )
 
     def job_started(self, job: Job) -> None:
         for observer in self.observers:
@@ -112,7 +118,7 @@ class _FanOut(Observer):
     def job_steps(self, job: Job) -> Callable[[str], None] | None:
         listeners = [
             listener
-            for listener in (observer.job_steps(job) for observer in self.observers)
+            for listener in (observer.job_steps(job) for observer in self._step_observers)
             if listener is not None
         ]
         if len(listeners) <= 1:

@@ -65,6 +65,8 @@ def valid_tracestate(value: str) -> bool:
     """Whether ``value`` is a valid, non-empty ``tracestate`` header value."""
     if len(value) > _MAX_TRACESTATE:
         return False
+    if "," not in value:  # one member, the usual case
+        return _MEMBER_RE.fullmatch(value.strip(" \t")) is not None
     keys: set[str] = set()
     for member in value.split(","):
         member = member.strip(" \t")
@@ -84,6 +86,7 @@ def carrier_from_headers(headers: HeaderLookup) -> dict[str, str] | None:
     are combined with ``,`` (RFC 9110). An invalid ``tracestate`` is dropped
     alone; without a valid ``traceparent`` nothing is kept.
     """
+    # getlist, not get: werkzeug's get raises and catches a KeyError for a missing header.
     parents = headers.getlist(TRACEPARENT)
     if len(parents) != 1 or not valid_traceparent(parents[0]):
         return None

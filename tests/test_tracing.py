@@ -14,7 +14,7 @@ import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,14 @@ from trio.testing import MockClock
 import funtask
 from funtask._app import open_quart
 from funtask._asgi_client import ASGIStreamTransport
+from funtask._jobs import Job
 from funtask._logjson import JSONFormatter
+from funtask._observe import Observer, combine_observers
+from funtask._params import Params
 from funtask._replay import replay_dead_letters
+from funtask._run import Run
 from funtask._serving import without_lifespan
+from funtask._tasks import TaskDef
 from funtask._tracecontext import valid_traceparent, valid_tracestate
 from funtask.testing import open_test_client
 
@@ -555,3 +560,34 @@ def test_without_opentelemetry_nothing_is_imported_and_jobs_run() -> None:
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert finished.stdout.strip() == "ok"
+
+
+# -- the step hook -------------------------------------------------------------------------
+
+
+class StepTaker(Observer):
+    def __init__(self, seen: list[str], wanted: bool = True) -> None:
+        self.seen = seen
+        self.wanted = wanted
+
+    def job_steps(self, job: Job) -> Callable[[str], None] | None:
+        return self.seen.append if self.wanted else None
+
+
+async def test_step_listeners_are_combined_and_absent_when_nobody_wants_steps() -> None:
+    job = Job(
+        TaskDef("t", lambda run, params: funtask.ok()),
+        "j",
+        Params({}),
+        Run("t", "j"),
+        callback_url=None,
+        max_duration=None,
+    )
+    first: list[str] = []
+    second: list[str] = []
+    assert combine_observers([Observer(), StepTaker([], wanted=False)]).job_steps(job) is None
+    listener = combine_observers([StepTaker(first), Observer(), StepTaker(second)]).job_steps(job)
+    assert listener is not None
+    listener("a")
+    assert first == second == ["a"]
+    assert combine_observers([StepTaker(first), Observer()]).job_steps(job) == first.append
