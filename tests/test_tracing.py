@@ -332,6 +332,40 @@ async def test_the_dead_letter_keeps_the_trace_context_and_replay_sends_it(
     assert "deadLetter" not in json.loads(attempt.body)
 
 
+async def test_an_attempt_cut_short_by_stop_ends_its_span_as_an_error(
+    autojump_clock: MockClock, tmp_path: Path, sdk: Recorded
+) -> None:
+    receiver = CallbackReceiver(200, delay=60)
+    async with open_test_client(
+        make_server(tmp_path), callback_transport=receiver.transport()
+    ) as client:
+        response = await client.post("/run/greet", json={"jobId": "s", "callbackUrl": HOOK})
+        assert response.status_code == 202
+        await trio.sleep(1)  # the POST is waiting for its answer
+        assert len(receiver.attempts) == 1
+        assert (await client.post("/stop/greet")).status_code == 200
+        await wait_idle(client, "greet")
+    (span,) = sdk.spans("funtask.callback")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "attempt cut short"
+    assert parent_id(span) == hexes(sdk.job())[1]
+
+
+async def test_an_unsent_sync_result_keeps_the_trace_context_in_its_dead_letter(
+    autojump_clock: MockClock, tmp_path: Path, sdk: Recorded
+) -> None:
+    async with open_test_client(make_server(tmp_path, sync_timeout=1)) as client:
+        response = await client.post(
+            "/run/sleeper", json={"jobId": "slow"}, headers={"traceparent": TRACEPARENT}
+        )
+        assert response.status_code == 504
+    (letter,) = tmp_path.glob("*.json")
+    meta = json.loads(letter.read_text())["deadLetter"]
+    assert meta["lastError"] == "sync timeout"
+    assert meta["traceparent"] == f"00-{TRACE_ID}-{hexes(sdk.job())[1]}-01"
+    assert "tracestate" not in meta
+
+
 async def test_replay_drops_an_invalid_kept_traceparent(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
