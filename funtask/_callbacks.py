@@ -122,9 +122,11 @@ class Delivery:
         retries: int,
         drain_started: trio.Event,
         observer: Observer = NO_OBSERVER,
+        instance: str | None = None,
     ) -> None:
         self.sender = sender
         self.observer = observer
+        self.instance = instance  # on every job log record (``extra``)
         self.dead_letter_dir = dead_letter_dir
         self.retries = retries
         self.drain_started = drain_started
@@ -135,7 +137,7 @@ class Delivery:
         Returns whether it was delivered. Cancelling the caller's scope (``/stop``
         during delivery) ends the schedule; the dead letter stays for replay.
         """
-        log = job_log(logger, record.task, record.job_id)
+        log = job_log(logger, record.task, record.job_id, self.instance)
         meta = _meta(record, url, attempts=0, last_error="")
         path = await self._write(record, meta, "callback NOT attempted")
         if path is None:
@@ -186,7 +188,7 @@ class Delivery:
         self, path: trio.Path, record: FinishedJob, url: str, meta: dict[str, Any]
     ) -> None:
         attempts = meta["attempts"]
-        log = job_log(logger, record.task, record.job_id)
+        log = job_log(logger, record.task, record.job_id, self.instance)
         try:
             await update_dead_letter(path, meta)
         except OSError:
@@ -204,7 +206,7 @@ class Delivery:
         path = await self._write(record, meta, "the unsent result is lost")
         if path is None:
             return
-        job_log(logger, record.task, record.job_id).warning(
+        job_log(logger, record.task, record.job_id, self.instance).warning(
             "sync result not sent (%s); dead letter at %s",
             reason,
             path,
@@ -219,7 +221,7 @@ class Delivery:
                 self.dead_letter_dir, record.job_id, record.response, meta
             )
         except (OSError, ValueError, TypeError):
-            job_log(logger, record.task, record.job_id).error(
+            job_log(logger, record.task, record.job_id, self.instance).error(
                 "cannot write the dead letter; %s",
                 consequence,
                 exc_info=True,
