@@ -124,9 +124,11 @@ class Delivery:
         retries: int,
         drain_started: trio.Event,
         observer: Observer = NO_OBSERVER,
+        instance: str | None = None,
     ) -> None:
         self.sender = sender
         self.observer = observer
+        self.instance = instance  # on every job log record (``extra``)
         self.dead_letter_dir = dead_letter_dir
         self.retries = retries
         self.drain_started = drain_started
@@ -146,7 +148,7 @@ class Delivery:
         ``trace`` is the job's W3C trace context: kept in the dead letter, and the
         headers each attempt starts from (the observer may replace them).
         """
-        log = job_log(logger, record.task, record.job_id)
+        log = job_log(logger, record.task, record.job_id, self.instance)
         meta = _meta(record, url, attempts=0, last_error="", trace=trace)
         path = await self._write(record, meta, "callback NOT attempted")
         if path is None:
@@ -197,7 +199,7 @@ class Delivery:
         self, path: trio.Path, record: FinishedJob, url: str, meta: dict[str, Any]
     ) -> None:
         attempts = meta["attempts"]
-        log = job_log(logger, record.task, record.job_id)
+        log = job_log(logger, record.task, record.job_id, self.instance)
         try:
             await update_dead_letter(path, meta)
         except OSError:
@@ -217,7 +219,7 @@ class Delivery:
         path = await self._write(record, meta, "the unsent result is lost")
         if path is None:
             return
-        job_log(logger, record.task, record.job_id).warning(
+        job_log(logger, record.task, record.job_id, self.instance).warning(
             "sync result not sent (%s); dead letter at %s",
             reason,
             path,
@@ -232,7 +234,7 @@ class Delivery:
                 self.dead_letter_dir, record.job_id, record.response, meta
             )
         except (OSError, ValueError, TypeError):
-            job_log(logger, record.task, record.job_id).error(
+            job_log(logger, record.task, record.job_id, self.instance).error(
                 "cannot write the dead letter; %s",
                 consequence,
                 exc_info=True,

@@ -138,8 +138,10 @@ class JobRunner:
         on_finished: Callable[[Job, FinishedJob], Awaitable[None]],
         on_progress: Callable[[], None] | None = None,
         observer: Observer = NO_OBSERVER,
+        instance: str | None = None,
     ) -> None:
         self.slots = slots
+        self.instance = instance  # on every job log record (``extra``)
         self.observer = observer
         self.max_duration = max_duration
         self._on_change = on_change  # a job started, finished or left its slot
@@ -162,7 +164,7 @@ class JobRunner:
         """
         if self.nursery is None:
             raise RuntimeError("the job runner is not running")
-        run = Run(slot.task.name, job_id, on_change=self._on_progress)
+        run = Run(slot.task.name, job_id, on_change=self._on_progress, instance=self.instance)
         job = Job(
             slot.task,
             job_id,

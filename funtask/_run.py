@@ -65,9 +65,14 @@ class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.logger.log(level, text, *args, **options)
 
 
-def job_log(logger: logging.Logger, task: str, job_id: str) -> JobLogAdapter:
+def job_log(
+    logger: logging.Logger, task: str, job_id: str, instance: str | None = None
+) -> JobLogAdapter:
     """``logger`` with the ``[task jobId]`` prefix and the job's extras on every record."""
-    return JobLogAdapter(logger, {"task": task, "job_id": job_id})
+    extra = {"task": task, "job_id": job_id}
+    if instance is not None:
+        extra["instance"] = instance
+    return JobLogAdapter(logger, extra)
 
 
 def _noop() -> None:
@@ -104,6 +109,7 @@ class Run:
         max_steps: int | None = SERVER_STEP_HISTORY,
         step_log_level: int = logging.DEBUG,
         on_change: Callable[[], None] = _noop,
+        instance: str | None = None,
     ) -> None:
         self._task = task
         self._job_id = job_id
@@ -115,8 +121,8 @@ class Run:
         self._on_change = on_change
         self._on_step: Callable[[str], None] | None = None  # set by the runner when observed
         self._step_log_level = step_log_level
-        self.log: logging.LoggerAdapter = JobLogAdapter(  # type: ignore[type-arg]
-            task_logger, {"task": task, "job_id": job_id}
+        self.log: logging.LoggerAdapter = job_log(  # type: ignore[type-arg]
+            task_logger, task, job_id, instance
         )
 
     def __repr__(self) -> str:

@@ -76,6 +76,7 @@ class Runtime:
             on_progress=self.notifier.bump,
             on_finished=self._after_job,
             observer=self.observer,
+            instance=self.instance,
         )
         self.drain_started = trio.Event()
         self.drained = trio.Event()  # every job result settled, streams closed
@@ -91,6 +92,7 @@ class Runtime:
             retries=settings.callback_retries,
             drain_started=self.drain_started,
             observer=self.observer,
+            instance=self.instance,
         )
         self.events = EventHub(self, max_clients=settings.max_event_clients)
         self.notifier.on_milestone = self.events.ring_all

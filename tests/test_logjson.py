@@ -17,7 +17,14 @@ from funtask.__main__ import main
 from funtask._logjson import JSONFormatter
 from funtask.testing import make_run, open_test_client
 
-from _support import TOKEN, build_server, worker_env, worker_process
+from _support import (
+    TOKEN,
+    CallbackReceiver,
+    build_server,
+    wait_idle,
+    worker_env,
+    worker_process,
+)
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -108,7 +115,7 @@ def test_text_format_keeps_the_prefix_and_a_percent_in_a_job_id_is_safe(
 async def test_server_job_records_are_json_with_job_id(
     autojump_clock: MockClock, tmp_path: Path, lines: Lines
 ) -> None:
-    server = build_server(tmp_path)
+    server = build_server(tmp_path, instance_id="worker-7")
 
     @server.task
     async def breaks(run: funtask.Run, params: funtask.Params) -> funtask.Result:
@@ -124,6 +131,35 @@ async def test_server_job_records_are_json_with_job_id(
     panic = [d for d in job_records if d["level"] == "ERROR"]
     assert panic and "RuntimeError: kaput" in str(panic[0]["exception"])
     assert all(d["task"] in ("greet", "breaks") for d in job_records)
+    assert all(d["instance"] == "worker-7" for d in job_records)
+
+
+async def test_callback_and_dead_letter_records_carry_the_job(
+    autojump_clock: MockClock, tmp_path: Path, lines: Lines
+) -> None:
+    receiver = CallbackReceiver(500)
+    server = build_server(
+        tmp_path,
+        instance_id="worker-8",
+        callback_allowlist=["https://hooks.example.com"],
+        callback_retries=2,
+    )
+    async with open_test_client(server, callback_transport=receiver.transport()) as client:
+        await client.post(
+            "/run/greet",
+            json={"jobId": "cb-1", "callbackUrl": "https://hooks.example.com/done?secret=x"},
+        )
+        await wait_idle(client, "greet")
+    callback_records = [d for d in lines.documents() if d["logger"] == "funtask.callbacks"]
+    assert len(callback_records) == 3  # two failed attempts, then the dead letter kept
+    for document in callback_records:
+        assert (document["task"], document["jobId"], document["instance"]) == (
+            "greet",
+            "cb-1",
+            "worker-8",
+        )
+        assert "secret" not in str(document["message"])
+        assert not str(document["message"]).startswith("[")
 
 
 async def test_cli_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
