@@ -528,6 +528,7 @@ async def test_json_log_lines_inside_a_job_carry_its_trace_and_span_ids(
     (line,) = [line for line in lines if line["message"] == "inside the job"]
     trace_id, span_id = hexes(sdk.job())
     assert (line["traceId"], line["spanId"], line["jobId"]) == (trace_id, span_id, "t1")
+    assert line["instance"] and line["task"] == "talker"
 
 
 # -- without the package -----------------------------------------------------------------------
