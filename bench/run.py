@@ -747,7 +747,9 @@ def tracing_hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float
     observer (no package), ``api`` the tracing observer without an SDK (no
     ``traceparent`` in the request), ``api_forward`` the same with a valid
     ``traceparent`` and ``tracestate`` (validated and kept for a callback), ``sdk``
-    with an SDK configured (a ``BatchSpanProcessor`` whose exporter discards spans).
+    with an SDK configured (a ``BatchSpanProcessor`` whose exporter discards spans);
+    ``metrics`` and ``metrics_api`` are the default server's observers without and
+    with the package (metrics alone, and metrics and tracing fanned out).
     The SDK is set as the global provider only after the other figures.
     """
 
@@ -764,7 +766,8 @@ def tracing_hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float
         from examples.counter import greet
         from funtask import ok
         from funtask._jobs import Job
-        from funtask._observe import NO_OBSERVER, Observer
+        from funtask._metrics import Metrics
+        from funtask._observe import NO_OBSERVER, Observer, combine_observers
         from funtask._params import Params
         from funtask._run import Run
         from funtask._tasks import TaskDef
@@ -772,6 +775,7 @@ def tracing_hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float
         from funtask._wire import finished_job
 
         task = TaskDef("greet0", greet)
+        params = Params({})
         record = finished_job("greet0", "j", ok("hi"), 0.0001)
         plain = Headers({"Content-Type": "application/json", "Authorization": "Bearer x"})
         traced = plain.copy()
@@ -779,10 +783,13 @@ def tracing_hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float
         traced["tracestate"] = "rojo=00f067aa0ba902b7"
 
         def per_job(observer: Observer, headers: Headers) -> float:
+            jobs = [
+                Job(task, "j", params, Run("greet0", "j"), callback_url=None, max_duration=None)
+                for _ in range(loops)
+            ]
             began = time.perf_counter()
-            for _ in range(loops):
-                run = Run("greet0", "j")
-                job = Job(task, "j", Params({}), run, callback_url=None, max_duration=None)
+            for job in jobs:
+                run = job.run
                 job.request_headers = headers
                 observer.job_started(job)
                 job.request_headers = None
@@ -794,12 +801,18 @@ def tracing_hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float
             return (time.perf_counter() - began) / loops * 1e6
 
         tracing = Tracing("bench")
+        metrics = Metrics(
+            tasks=["greet0"], name="bench", instance="bench:1", version="0", dead_letter_dir=None
+        )
+        both = combine_observers([metrics, tracing])  # the default server's observer
         costs = {
             label: min(per_job(observer, headers) for _ in range(repeats))
             for label, observer, headers in (
                 ("none", NO_OBSERVER, plain),
                 ("api", tracing, plain),
                 ("api_forward", tracing, traced),
+                ("metrics", metrics, plain),
+                ("metrics_api", both, plain),
             )
         }
 
@@ -1555,10 +1568,15 @@ def report_tracing(r: Report, data: dict[str, Any], s: Settings) -> None:
     hooks = data["hooks_us"]
     r.add(
         f"- the observer hooks of one sync job with one step, timed alone in the harness "
-        f"(best of 7 x 20,000, Job and Run creation included): no observer "
+        f"(best of 7 x 20,000; the step call included): no observer "
         f"{hooks['none']:.2f} µs; tracing observer without an SDK {hooks['api']:.2f} µs, "
         f"with a valid `traceparent`/`tracestate` to forward {hooks['api_forward']:.2f} µs; "
-        f"with an SDK (job span, one step event, batch processor) {hooks['sdk']:.2f} µs",
+        f"with an SDK (job span, one step event, batch processor) {hooks['sdk']:.2f} µs; "
+        f"the default server's observers (metrics on): {hooks['metrics']:.2f} µs without "
+        f"the package, {hooks['metrics_api']:.2f} µs with it and no SDK "
+        f"({hooks['metrics_api'] - hooks['metrics']:+.2f} µs, "
+        f"{(hooks['metrics_api'] - hooks['metrics']) / data['none']['cpu_us']:.2%} of the "
+        "server CPU per request)",
         "",
     )
     contention(r, [data[key] for key in data["keys"]])
