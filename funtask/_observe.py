@@ -130,6 +130,8 @@ class _FanOut(Observer):
             observer.job_started(job)
 
     def job_steps(self, job: Job) -> Callable[[str], None] | None:
+        if len(self._job_steps) == 1:
+            return self._job_steps[0].job_steps(job)
         listeners = [
             listener
             for listener in (observer.job_steps(job) for observer in self._job_steps)

@@ -3,8 +3,8 @@
 Imported only when ``opentelemetry-api`` is installed (``Runtime._make_observers``
 adds it then); funtask never configures an SDK, the application does.
 
-With an SDK configured (the global tracer provider is no longer the API's
-proxy), each job gets one span ``funtask.job``:
+With an SDK configured when the server starts serving (the global tracer
+provider is no longer the API's proxy), each job gets one span ``funtask.job``:
 
 - its parent is the ``/run`` request's current span when that one is recording
   (an ASGI instrumentation), else the W3C ``traceparent``/``tracestate`` of the
@@ -165,23 +165,22 @@ class Tracing(Observer):
     """Makes job and callback spans when an SDK is configured, else forwards trace context."""
 
     def __init__(self, version: str) -> None:
-        self.version = version
-        self._cached: tuple[trace.TracerProvider, trace.Tracer] | None = None
+        # The global provider is looked at once, when the server starts serving: the
+        # application configures its SDK before that (in the module that builds the
+        # Server), and a per-job look costs as much as the rest of this observer.
+        provider = trace.get_tracer_provider()
+        self._tracer: trace.Tracer | None = (
+            None if isinstance(provider, _NO_SDK) else provider.get_tracer("funtask", version)
+        )
         self._attempts: dict[int, trace.Span] = {}  # id(record) -> span, scope to outcome
 
     def tracer(self) -> trace.Tracer | None:
-        """The global provider's tracer for funtask, or None while no SDK is configured."""
-        provider = trace.get_tracer_provider()
-        if isinstance(provider, _NO_SDK):
-            return None
-        cached = self._cached
-        if cached is None or cached[0] is not provider:
-            cached = self._cached = (provider, provider.get_tracer("funtask", self.version))
-        return cached[1]
+        """funtask's tracer, or None when no SDK was configured as the server started."""
+        return self._tracer
 
     def job_started(self, job: Job) -> None:
         """Find the job's parent (in the request's task) and start its span."""
-        tracer = self.tracer()
+        tracer = self._tracer
         headers = job.request_headers
         incoming = None if headers is None else carrier_from_headers(headers)
         if tracer is None:
@@ -236,7 +235,7 @@ class Tracing(Observer):
         self, record: FinishedJob, url: str, headers: dict[str, str]
     ) -> AbstractContextManager[None]:
         """A CLIENT span around one POST, its context in ``headers`` (no SDK: nothing)."""
-        tracer = self.tracer()
+        tracer = self._tracer
         if tracer is None:
             return _NO_SCOPE  # the headers already hold the forwarded context
         return _CallbackSpan(self, tracer, record, url, headers)
