@@ -91,6 +91,12 @@ def _configure_opentelemetry(mode: str) -> None:
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(Discard()))
         trace.set_tracer_provider(provider)
+    elif mode == "import":  # the package imported, funtask's tracing observer left out
+        import opentelemetry.trace  # noqa: F401
+
+        import funtask._runtime
+
+        funtask._runtime._tracing_observer = lambda: None  # type: ignore[attr-defined]
     elif mode:
         raise RuntimeError(f"FUNTASK_BENCH_OTEL must be block or sdk, not {mode!r}")
 
