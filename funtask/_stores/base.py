@@ -220,7 +220,9 @@ class Store(abc.ABC):
         url: the parsed store URL.
         name: the server name (a Redis pool is the server name plus the store).
         instance: this process's display name.
-        result_history: results per task the memory store keeps (Go's history).
+        result_history: results per task kept in the history (``history``; the
+            memory store keeps no more than that, as Go does).
+        keep_results: per-task overrides of ``result_history``.
         result_ttl: seconds a persistent store keeps results (None: forever).
         store_lease: seconds a job's lease lasts without a heartbeat.
         store_timeout: seconds any one store call may take.
@@ -236,6 +238,7 @@ class Store(abc.ABC):
         name: str,
         instance: str,
         result_history: int,
+        keep_results: Mapping[str, int] | None = None,
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         store_lease: float = DEFAULT_STORE_LEASE,
         store_timeout: float = DEFAULT_STORE_TIMEOUT,
@@ -244,6 +247,7 @@ class Store(abc.ABC):
         self.name = name
         self.instance = instance
         self.result_history = result_history
+        self.keep_results = dict(keep_results or {})
         self.result_ttl = result_ttl
         self.store_lease = store_lease
         self.store_timeout = store_timeout
@@ -251,6 +255,10 @@ class Store(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url.display}>"
+
+    def history_limit(self, task: str) -> int:
+        """How many results of ``task`` its history keeps."""
+        return self.keep_results.get(task, self.result_history)
 
     @property
     def display(self) -> str:

@@ -47,7 +47,7 @@ class MemoryStore(Store):
         """The task's result history, newest first (created on first use)."""
         history = self._results.get(task)
         if history is None:
-            history = self._results[task] = deque(maxlen=self.result_history)
+            history = self._results[task] = deque(maxlen=self.history_limit(task))
         return history
 
     def _find_result(self, task: str, job_id: str) -> StoredJob | None:
