@@ -64,6 +64,8 @@ class MemoryStore(Store):
         key = (task, job_id)
         current = self._unfinished.get(key)
         if current is not None:
+            if current.finished:
+                return Claim("stored", current)
             return Claim("claimed" if current.token == self.token else "running", current)
         stored = self._find_result(task, job_id)
         if stored is not None:
