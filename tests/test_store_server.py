@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import stat
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,10 +26,12 @@ import trio
 from trio.testing import MockClock
 
 import funtask
-from funtask._deadletters import scan_dead_letters
+from funtask.__main__ import main
+from funtask._deadletters import scan_dead_letters, write_dead_letter
 from funtask._replay import replay_dead_letters
 from funtask._stores.lock import StoreLock
 from funtask._stores.sqlite import SQLiteStore
+from funtask._threads import run_in_thread
 from funtask.testing import open_test_client
 
 from _support import CallbackReceiver, build_server, wait_idle, wait_until
@@ -368,3 +371,88 @@ async def test_callback_waits_for_the_store(autojump_clock: MockClock, tmp_path:
     assert len(receiver.attempts) == 1
     assert json.loads(receiver.attempts[0].body)["message"] == "late"
     assert scan_dead_letters(tmp_path)[0] == []
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+async def test_cli_store_status(
+    autojump_clock: MockClock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = store_url(tmp_path)
+    server = make_server(tmp_path)
+    async with open_test_client(server) as client:
+        for job_id in ("x1", "x2"):
+            assert (await client.post("/run/quick", json={"jobId": job_id})).status_code == 200
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(client.post, "/run/sleeper", json={"jobId": "zz"}))
+            await trio.sleep(2)  # a heartbeat records the instance
+            with pytest.raises(SystemExit) as info:
+                await run_in_thread(main, ["store", "status", "--store", url])
+            assert info.value.code == 0
+            await client.post("/stop/sleeper")
+    out = capsys.readouterr().out
+    assert f"store sqlite://{tmp_path}/db/jobs.db" in out
+    assert "1 instance(s)\n  test-instance\tpid " in out
+    assert "1 running job(s)\n  sleeper\tjobId='zz'\trunning\t" in out
+    assert "2 stored result(s)\n  quick\t2" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--store", "memory"], "the memory store keeps nothing outside"),
+        (["--store", "sqlite:///no/such.db"], "does not exist"),
+        (["--store", "nope:x"], "unknown scheme"),
+        ([], "--store URL or $FUNTASK_STORE required"),
+    ],
+)
+def test_cli_store_status_refusals(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    fragment: str,
+) -> None:
+    monkeypatch.delenv("FUNTASK_STORE", raising=False)
+    with pytest.raises(SystemExit) as info:
+        main(["store", "status", *args])
+    assert info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_cli_serve_takes_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[funtask.Server] = []
+    monkeypatch.setattr(funtask.Server, "run", lambda self, bind: served.append(self))
+    module = tmp_path / "store_cli_app.py"
+    module.write_text("import funtask\nserver = funtask.Server('cli')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    main(["serve", "store_cli_app:server", "--store", "sqlite:///srv/x.db"])
+    assert served[0].settings.resolved_store().path == "/srv/x.db"
+
+
+async def test_replay_skips_superseded_letters(autojump_clock: MockClock, tmp_path: Path) -> None:
+    body = {"jobId": "s", "success": True, "duration": "1s"}
+    meta = {
+        "task": "t",
+        "callbackUrl": "https://hooks.example.com/hooks/done",
+        "attempts": 0,
+        "lastError": "superseded",
+        "createdAt": "2026-01-01T00:00:00Z",
+        "webhookId": "msg_1",
+        "superseded": True,
+    }
+    await write_dead_letter(tmp_path, "s", body, meta)
+    receiver = CallbackReceiver(200)
+    report = await replay_dead_letters(
+        str(tmp_path), to=None, timeout=5, transport=receiver.transport()
+    )
+    assert [why for _, why in report.skipped] == ["superseded (another process settled it)"]
+    assert receiver.attempts == []
+    report = await replay_dead_letters(
+        str(tmp_path),
+        to=None,
+        timeout=5,
+        transport=receiver.transport(),
+        include_superseded=True,
+    )
+    assert len(report.delivered) == 1
