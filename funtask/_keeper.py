@@ -263,6 +263,15 @@ class StoreKeeper:
 
     async def settle(self, job: Job, record: FinishedJob, webhook_id: str) -> SettleOutcome:
         """Store ``job``'s result by compare-and-set (shielded, bounded)."""
+        if not self.persistent:  # answers at once, never yields: nothing to shield or lose
+            memory = await self.store.settle(
+                job.task.name,
+                job.job_id,
+                record,
+                webhook_id=webhook_id,
+                delivering=job.callback_url is not None,
+            )
+            return memory.status
         if not self.ok:
             return "unstored"
         with trio.CancelScope(shield=True):
