@@ -79,6 +79,7 @@ class Job:
         self.request_headers: HeaderLookup | None = None
         self.trace_context: dict[str, str] | None = None
         self.tracing: Any = None
+        self.webhook_id: str | None = None  # drawn once, when the result is settled
 
     def __repr__(self) -> str:
         return f"<Job {self.task.name}/{self.job_id!r}>"
@@ -162,6 +163,14 @@ class JobRunner:
 
         ``headers`` are the ``/run`` request's (the trace context's source, SPEC 6).
         """
+        job = self.reserve(slot, job_id, params, callback_url=callback_url)
+        self.launch(slot, job, headers=headers)
+        return job
+
+    def reserve(
+        self, slot: TaskSlot, job_id: str, params: Params, *, callback_url: str | None
+    ) -> Job:
+        """Occupy ``slot`` with a new job that has not started (while the store claims it)."""
         if self.nursery is None:
             raise RuntimeError("the job runner is not running")
         run = Run(slot.task.name, job_id, on_change=self._on_progress, instance=self.instance)
@@ -174,13 +183,26 @@ class JobRunner:
             max_duration=self.max_duration,
         )
         slot.current = job
+        return job
+
+    def unreserve(self, slot: TaskSlot, job: Job) -> None:
+        """Free ``slot`` of a reserved job that will not start (the claim failed)."""
+        if slot.current is job:
+            slot.current = None
+
+    def launch(self, slot: TaskSlot, job: Job, *, headers: HeaderLookup | None = None) -> None:
+        """Start a reserved job in the jobs nursery.
+
+        ``headers`` are the ``/run`` request's (the trace context's source, SPEC 6); call
+        this in the request's task, where an instrumentation's span is current.
+        """
+        assert self.nursery is not None
         job.request_headers = headers
         self.observer.job_started(job)
         job.request_headers = None
-        run._on_step = self.observer.job_steps(job)
+        job.run._on_step = self.observer.job_steps(job)
         self.nursery.start_soon(self._run_job, slot, job, name="funtask job")
         self._on_change()
-        return job
 
     def jobs(self) -> list[Job]:
         """The jobs currently holding a slot (running or delivering)."""
