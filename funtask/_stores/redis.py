@@ -1,0 +1,687 @@
+"""The Redis store: many replicas serving the same tasks as one pool (SPEC section 5).
+
+Built on coredis (anyio-based, so it runs on Trio natively; RESP3). Every
+write is one Lua script from :mod:`._redis_lua`; every key shares the pool's
+hash tag ``{funtask:<server name>}``. Every call is bounded by
+``store_timeout`` with the mock clock held, and the client is built with
+``connect_timeout = stream_timeout = store_timeout`` and no retries (a
+re-sent command may already have run).
+
+A supervisor task, in a nursery the store opens on entry, owns the client:
+it PINGs at start-up (an authentication error or an endpoint that is not
+Redis is a :class:`~funtask.ConfigError`; an unreachable one is an outage),
+checks ``maxmemory-policy``, and after any failed call reopens the client
+with a backoff of up to 5 s, logging once when the store is lost and once
+when it is back. While the store is lost every call fails at once with
+:class:`~funtask._stores.base.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any, Final
+from urllib.parse import quote
+
+import trio
+
+from .._errors import ConfigError
+from .._wire import FinishedJob
+from . import _redis_lua as lua
+from .base import (
+    DEFAULT_RESULT_TTL,
+    DEFAULT_STORE_LEASE,
+    DEFAULT_STORE_TIMEOUT,
+    Claim,
+    DeliveryOutcome,
+    Heartbeat,
+    HeldJob,
+    InstanceInfo,
+    JobState,
+    Settled,
+    Store,
+    StoredJob,
+    StoreStatus,
+    StoreUnavailable,
+    new_webhook_id,
+    restore_finished_job,
+    worker_lost_result,
+)
+from .url import StoreURL
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+try:
+    import coredis
+    import coredis.exceptions
+    from coredis.commands.script import Script
+    from coredis.connection import TCPLocation
+    from coredis.retry import NoRetryPolicy
+except ImportError as error:  # pragma: no cover - the extra is checked by the caller
+    raise ConfigError(
+        ["a redis store needs the redis extra: pip install 'funtask[redis]'"]
+    ) from error
+
+__all__ = ["RedisStore"]
+
+logger: Final = logging.getLogger("funtask.store")
+
+RECONNECT_MIN: Final = 0.1  # seconds, the first reconnection delay
+RECONNECT_MAX: Final = 5.0  # seconds, the longest reconnection delay
+SWEEP_LIMIT: Final = 100  # expired leases taken per sweep
+_STATES: Final = ("running", "delivering", "done")
+
+_SCRIPTS: Final = {
+    name: Script(script=getattr(lua, name))
+    for name in (
+        "CLAIM",
+        "RELEASE",
+        "SETTLE",
+        "DELIVERED",
+        "HEARTBEAT",
+        "RESTORE",
+        "SWEEP",
+        "LIVE",
+        "READ",
+        "TAKE_OVER",
+        "STOP",
+    )
+}
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+class RedisStore(Store):
+    """Job records in Redis, shared by every replica with the same server name."""
+
+    kind = "redis"
+    persistent = True
+
+    def __init__(
+        self,
+        url: StoreURL,
+        *,
+        name: str,
+        instance: str,
+        result_history: int,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
+        store_lease: float = DEFAULT_STORE_LEASE,
+        store_timeout: float = DEFAULT_STORE_TIMEOUT,
+    ) -> None:
+        if result_ttl is None:
+            raise ConfigError(
+                ["result_ttl=None (keep results forever) is not available with a redis store"]
+            )
+        super().__init__(
+            url,
+            name=name,
+            instance=instance,
+            result_history=result_history,
+            result_ttl=result_ttl,
+            store_lease=store_lease,
+            store_timeout=store_timeout,
+        )
+        tag = "{funtask:" + quote(name, safe="") + "}"
+        self._prefix = tag + ":"
+        self._leases = tag + ":leases"
+        self._instances = tag + ":instances"
+        self._version = tag + ":version"
+        self._member = f"{self.token}|{instance}"
+        self._ttl_ms = _ms(result_ttl)
+        self._lease_ms = _ms(store_lease)
+        self._client: Any = None
+        self._available = False
+        self._lost = trio.Event()
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        self._loss_logged = False
+        # The records this process holds (claimed or taken over), to write back
+        # if Redis loses them (restarted empty).
+        self._mine: dict[tuple[str, str], dict[str, str]] = {}
+
+    # -- keys ----------------------------------------------------------------
+
+    def _job_key(self, task: str, job_id: str) -> str:
+        return f"{self._prefix}job:{task}:{job_id}"
+
+    def _history_key(self, task: str) -> str:
+        return f"{self._prefix}history:{task}"
+
+    def _latest_key(self, job_id: str) -> str:
+        return f"{self._prefix}latest:{job_id}"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Whether the last call (or the supervisor's PING) reached Redis."""
+        return self._available
+
+    async def open(self) -> None:
+        """Start the supervisor; returns once the first PING answered or failed.
+
+        Raises:
+            ConfigError: the endpoint refused our credentials or is not Redis.
+        """
+        stack = AsyncExitStack()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        try:
+            await nursery.start(self._supervise)
+        except BaseException:
+            nursery.cancel_scope.cancel()
+            await stack.aclose()
+            raise
+        self._stack, self._nursery = stack, nursery
+
+    async def aclose(self) -> None:
+        """Remove this instance's entry (bounded, shielded) and close the client."""
+        stack, nursery = self._stack, self._nursery
+        self._stack = self._nursery = None
+        if stack is None or nursery is None:
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                await self._call("close", self._remove_instance)
+        except StoreUnavailable:
+            pass
+        finally:
+            nursery.cancel_scope.cancel()
+            await stack.aclose()
+            self._available = False
+
+    async def _remove_instance(self, client: Any) -> None:
+        await client.zrem(self._instances, [self._member])
+
+    def _new_client(self) -> Any:
+        url = self.url
+        try:
+            context = url.ssl_context()
+        except (OSError, ValueError) as error:
+            raise ConfigError([f"store {url.display}: cannot load its TLS files: {error}"]) from None
+        options: dict[str, Any] = {
+            "username": url.username,
+            "password": url.password,
+            "stream_timeout": self.store_timeout,
+            "connect_timeout": self.store_timeout,
+            "decode_responses": True,
+            "retry_policy": NoRetryPolicy(),
+        }
+        if context is not None:
+            options["ssl_context"] = context
+        if url.cluster:
+            nodes = [TCPLocation(host, port) for host, port in url.hosts]
+            return coredis.RedisCluster(startup_nodes=nodes, **options)
+        host, port = url.hosts[0]
+        return coredis.Redis(host, port, db=url.db, **options)
+
+    async def _supervise(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Own the client: open it, PING, then reopen it with backoff after each loss."""
+        started = False
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                async with self._new_client() as client:
+                    with self.bounded("ping"):
+                        await client.ping()
+                    if not started:
+                        await self._check_policy(client)
+                    self._client = client
+                    self._lost = trio.Event()
+                    self._set_available(True, None)
+                    if not started:
+                        started = True
+                        task_status.started()
+                    delay = RECONNECT_MIN
+                    await self._lost.wait()
+            except ConfigError:
+                if not started:
+                    raise
+                logger.error("store %s refused this process", self.display, exc_info=True)
+            except Exception as error:
+                leaf = _leaf(error)
+                problem = self._config_problem(leaf)
+                if problem is not None and not started:
+                    raise ConfigError([problem]) from None
+                self._set_available(False, leaf)
+            self._client = None
+            self._set_available(False, None)
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _config_problem(self, error: BaseException) -> str | None:
+        """What is wrong with the configuration, if ``error`` says so (else an outage)."""
+        exceptions = coredis.exceptions
+        if isinstance(error, (exceptions.AuthenticationError, exceptions.AuthorizationError)):
+            return f"store {self.display}: authentication failed ({error})"
+        if isinstance(error, exceptions.UnknownCommandError):
+            return f"store {self.display} needs Redis 6.2 or later (RESP3): {error}"
+        if isinstance(error, exceptions.ConnectionError):
+            cause = error.__cause__
+            if cause is None or isinstance(cause, (OSError, trio.TooSlowError, TimeoutError)):
+                return None
+            if isinstance(cause, exceptions.RedisError) and not isinstance(
+                cause, exceptions.ProtocolError
+            ):
+                return self._config_problem(cause)
+            return f"store {self.display} is not a Redis server (RESP3): {cause!r}"
+        if isinstance(error, exceptions.ResponseError) and "NOAUTH" in str(error):
+            return f"store {self.display}: authentication required ({error})"
+        return None
+
+    async def _check_policy(self, client: Any) -> None:
+        try:
+            with self.bounded("config get"):
+                config = await client.config_get(["maxmemory-policy"])
+        except coredis.exceptions.ResponseError:
+            logger.info(
+                "store %s: CONFIG GET is not allowed; make sure maxmemory-policy is noeviction",
+                self.display,
+            )
+            return
+        policy = config.get("maxmemory-policy") if isinstance(config, dict) else None
+        if policy is not None and policy != "noeviction":
+            logger.warning(
+                "store %s has maxmemory-policy %s; funtask needs noeviction "
+                "(Redis may otherwise evict job records and leases)",
+                self.display,
+                policy,
+            )
+
+    def _set_available(self, available: bool, error: BaseException | None) -> None:
+        if available:
+            if self._loss_logged:
+                logger.warning("store %s is back", self.display)
+            self._loss_logged = False
+        elif not self._loss_logged:
+            self._loss_logged = True
+            logger.warning(
+                "store %s lost: %s; reconnecting in the background",
+                self.display,
+                error if error is not None else "no answer",
+            )
+        self._available = available
+        if not available:
+            self._lost.set()
+
+    async def check(self) -> bool:
+        """Whether the store answered last time (no I/O: ``/readyz`` is cheap)."""
+        return self._available
+
+    # -- calls ---------------------------------------------------------------
+
+    async def _call(self, operation: str, fn: Any, *args: Any) -> Any:
+        """Run ``await fn(client, *args)`` bounded; any failure marks the store lost."""
+        client = self._client
+        if client is None or not self._available:
+            raise StoreUnavailable(self.display, "not connected")
+        try:
+            with self.bounded(operation):
+                return await fn(client, *args)
+        except StoreUnavailable as error:
+            self._set_available(False, error)
+            raise
+        except Exception as error:
+            leaf = _leaf(error)
+            if not isinstance(leaf, (coredis.exceptions.RedisError, OSError)):
+                raise
+            self._set_available(False, leaf)
+            raise StoreUnavailable(self.display, f"{operation}: {leaf}") from leaf
+
+    async def _script(self, operation: str, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = _SCRIPTS[name]
+
+        async def run(client: Any) -> Any:
+            return await script(keys, args, client=client)
+
+        return await self._call(operation, run)
+
+    def _record(self, fields: dict[str, str]) -> StoredJob | None:
+        state = fields.get("state")
+        if state not in _STATES:
+            return None
+        task, job_id = fields.get("task", ""), fields.get("job", "")
+        finished = int(fields.get("finished") or 0) / 1000
+        result: FinishedJob | None = None
+        body = fields.get("body")
+        if state != "running" and body:
+            result = restore_finished_job(task, job_id, body.encode(), finished)
+        delivery = fields.get("delivery") or None
+        return StoredJob(
+            task=task,
+            job_id=job_id,
+            state=state,  # type: ignore[arg-type]
+            token=fields.get("token", ""),
+            instance=fields.get("instance", ""),
+            started=int(fields.get("started") or fields.get("finished") or 0) / 1000,
+            renewed=int(fields.get("renewed") or fields.get("started") or 0) / 1000,
+            callback_url=fields.get("cb") or None,
+            last_step=fields.get("step", ""),
+            stop=fields.get("stop") == "1",
+            trace=fields.get("trace") or None,
+            webhook_id=fields.get("whid") or None,
+            result=result,
+            delivery=delivery,  # type: ignore[arg-type]
+            attempts=int(fields.get("attempts") or 0),
+        )
+
+    async def _read(self, operation: str, keys: list[str]) -> list[StoredJob | None]:
+        if not keys:
+            return []
+        rows = await self._script(operation, "READ", keys, [])
+        return [self._record(_pairs(row)) for row in rows]
+
+    # -- one job -------------------------------------------------------------
+
+    async def claim(
+        self, task: str, job_id: str, *, callback_url: str | None, trace: str | None = None
+    ) -> Claim:
+        """Create the ``running`` record and its lease in one script (see :class:`Store`)."""
+        key = self._job_key(task, job_id)
+        answer = await self._script(
+            "claim",
+            "CLAIM",
+            [key, self._leases, self._version],
+            [
+                self.token,
+                self.instance,
+                f"{task}:{job_id}",
+                self._lease_ms,
+                task,
+                job_id,
+                callback_url or "",
+                trace or "",
+            ],
+        )
+        if answer[0] == "claimed":
+            now = str(answer[1])
+            fields = {
+                "task": task,
+                "job": job_id,
+                "state": "running",
+                "token": self.token,
+                "instance": self.instance,
+                "started": now,
+                "renewed": now,
+                "cb": callback_url or "",
+                "trace": trace or "",
+            }
+            self._mine[(task, job_id)] = fields
+            job = self._record(fields)
+            assert job is not None
+            return Claim("claimed", job)
+        found = self._record(_pairs(answer[2:]))
+        assert found is not None
+        return Claim("running" if found.state == "running" else "stored", found)
+
+    async def release(self, task: str, job_id: str) -> None:
+        """Delete this token's claim of a job that never started."""
+        await self._script(
+            "claim",
+            "RELEASE",
+            [self._job_key(task, job_id), self._leases, self._version],
+            [self.token, f"{task}:{job_id}"],
+        )
+        self._mine.pop((task, job_id), None)
+
+    async def settle(
+        self,
+        task: str,
+        job_id: str,
+        result: FinishedJob,
+        *,
+        webhook_id: str,
+        delivering: bool,
+        token: str | None = None,
+    ) -> Settled:
+        """Store ``result`` by compare-and-set on the owner token (see :class:`Store`)."""
+        body = result.body.decode()
+        state: JobState = "delivering" if delivering else "done"
+        mine = self._mine.get((task, job_id), {})
+        answer = await self._script(
+            "settle",
+            "SETTLE",
+            [
+                self._job_key(task, job_id),
+                self._leases,
+                self._version,
+                self._latest_key(job_id),
+                self._history_key(task),
+            ],
+            [
+                token or self.token,
+                self.instance,
+                f"{task}:{job_id}",
+                state,
+                body,
+                webhook_id,
+                0,
+                self._ttl_ms,
+                max(1, self.result_history),
+                task,
+                job_id,
+                self._lease_ms,
+                mine.get("cb", ""),
+                "none",
+                0,
+            ],
+        )
+        if answer[0] == "ok":
+            fields = dict(mine)
+            fields.update(
+                task=task,
+                job=job_id,
+                state=state,
+                token=token or self.token,
+                instance=self.instance,
+                body=body,
+                whid=webhook_id,
+                finished=str(answer[1]),
+            )
+            fields.setdefault("started", str(answer[1]))
+            if delivering:
+                self._mine[(task, job_id)] = fields
+            else:
+                self._mine.pop((task, job_id), None)
+            return Settled("ok", self._record(fields))
+        self._mine.pop((task, job_id), None)
+        return Settled("superseded", self._record(_pairs(answer[2:])))
+
+    async def delivered(
+        self, task: str, job_id: str, *, outcome: DeliveryOutcome, attempts: int
+    ) -> None:
+        """Mark this token's ``delivering`` record ``done``, starting its ``result_ttl``."""
+        await self._script(
+            "settle",
+            "DELIVERED",
+            [self._job_key(task, job_id), self._leases, self._version],
+            [self.token, f"{task}:{job_id}", outcome, attempts, self._ttl_ms],
+        )
+        self._mine.pop((task, job_id), None)
+
+    async def find(self, task: str, job_id: str) -> StoredJob | None:
+        """The record of (task, job_id), or None (one read)."""
+        (job,) = await self._read("lookup", [self._job_key(task, job_id)])
+        return job
+
+    async def lookup(self, job_id: str) -> StoredJob | None:
+        """The newest finished record with ``job_id`` (via ``T:latest:<jobId>``)."""
+
+        async def get(client: Any) -> Any:
+            return await client.get(self._latest_key(job_id))
+
+        task = await self._call("lookup", get)
+        if task is None:
+            return None
+        job = await self.find(str(task), job_id)
+        return job if job is not None and job.finished else None
+
+    async def history(self, task: str, limit: int) -> list[FinishedJob]:
+        """Up to ``limit`` of the task's newest results (``T:history:<task>``)."""
+        if limit <= 0:
+            return []
+
+        async def lrange(client: Any) -> Any:
+            return await client.lrange(self._history_key(task), 0, limit - 1)
+
+        job_ids = await self._call("history", lrange)
+        jobs = await self._read("history", [self._job_key(task, str(j)) for j in job_ids])
+        return [job.result for job in jobs if job is not None and job.result is not None]
+
+    async def request_stop(self, task: str, job_id: str | None) -> list[StoredJob]:
+        """Set a stop flag that the owner reads at its next heartbeat (see :class:`Store`)."""
+        if job_id is None:
+            live = await self._live_jobs("stop")
+            mine = [job for job in live if job.task == task]
+            if len(mine) != 1:
+                return mine
+            job_id = mine[0].job_id
+        answer = await self._script(
+            "stop", "STOP", [self._job_key(task, job_id), self._version], []
+        )
+        job = self._record(_pairs(answer)) if answer else None
+        return [job] if job is not None else []
+
+    # -- this process --------------------------------------------------------
+
+    async def heartbeat(self, jobs: Sequence[HeldJob]) -> Heartbeat:
+        """Renew leases, stamp steps, record this instance; write back lost records."""
+        keys = [self._instances, self._leases, self._version]
+        args: list[Any] = [self._member, self._lease_ms, self.token]
+        for held in jobs:
+            keys.append(self._job_key(held.task, held.job_id))
+            args += [f"{held.task}:{held.job_id}", held.last_step]
+        answer = await self._script("heartbeat", "HEARTBEAT", keys, args)
+        stop: set[tuple[str, str]] = set()
+        lost: set[tuple[str, str]] = set()
+        for held, status in zip(jobs, answer[2:]):
+            key = (held.task, held.job_id)
+            if status == "stop":
+                stop.add(key)
+            elif status == "lost":
+                lost.add(key)
+                self._mine.pop(key, None)
+            elif status == "missing" and not await self._restore(held):
+                lost.add(key)
+        return Heartbeat(version=int(answer[0]), stop=frozenset(stop), lost=frozenset(lost))
+
+    async def _restore(self, held: HeldJob) -> bool:
+        """Write back a held record Redis lost (restarted empty); False if unknown."""
+        fields = self._mine.get((held.task, held.job_id))
+        if fields is None:
+            return False
+        if held.last_step:
+            fields["step"] = held.last_step
+        flat: list[str] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        await self._script(
+            "heartbeat",
+            "RESTORE",
+            [self._job_key(held.task, held.job_id), self._leases, self._version],
+            [f"{held.task}:{held.job_id}", self._lease_ms, *flat],
+        )
+        logger.warning(
+            "[%s %s] store %s had lost the job's record; written back",
+            held.task,
+            held.job_id,
+            self.display,
+            extra={"task": held.task, "jobId": held.job_id, "instance": self.instance},
+        )
+        return True
+
+    async def recover(self) -> list[StoredJob]:
+        """The sweeper: take over up to 100 jobs whose lease expired (see :class:`Store`)."""
+        answer = await self._script("sweep", "SWEEP", [self._leases], [SWEEP_LIMIT])
+        now = int(answer[0]) / 1000
+        members = [str(m) for m in answer[1:]]
+        keys = [self._prefix + "job:" + member for member in members]
+        taken: list[StoredJob] = []
+        for member, key, job in zip(members, keys, await self._read("sweep", keys)):
+            task, _, job_id = member.partition(":")
+            body = ""
+            if job is not None and job.state == "running":
+                body = worker_lost_result(job, now).body.decode()
+            answer = await self._script(
+                "sweep",
+                "TAKE_OVER",
+                [key, self._leases, self._version, self._latest_key(job_id)]
+                + [self._history_key(task)],
+                [
+                    job.token if job is not None else "",
+                    self.token,
+                    self.instance,
+                    member,
+                    self._lease_ms,
+                    body,
+                    new_webhook_id(),
+                    self._ttl_ms,
+                    max(1, self.result_history),
+                    task,
+                    job_id,
+                ],
+            )
+            if answer[0] != "taken":
+                continue
+            fields = _pairs(answer[2:])
+            recovered = self._record(fields)
+            if recovered is None:
+                continue
+            if recovered.state == "delivering":
+                self._mine[(task, job_id)] = fields
+            taken.append(recovered)
+            logger.warning(
+                "[%s %s] recovered a %s job of %s (lease expired)",
+                task,
+                job_id,
+                job.state if job is not None else "lost",
+                job.instance if job is not None else "?",
+                extra={"task": task, "jobId": job_id, "instance": self.instance},
+            )
+        return taken
+
+    async def purge(self) -> int:
+        """Nothing to do: Redis expires finished records by itself (``result_ttl``)."""
+        return 0
+
+    async def _live(self, operation: str) -> tuple[float, list[str], list[InstanceInfo]]:
+        answer = await self._script(
+            operation, "LIVE", [self._leases, self._instances], [self._lease_ms]
+        )
+        now = int(answer[0]) / 1000
+        leases = [str(m) for m in answer[1][0::2]]
+        instances = []
+        for member, score in zip(answer[2][0::2], answer[2][1::2]):
+            _, _, name = str(member).partition("|")
+            instances.append(InstanceInfo(instance=name, last_seen=float(score) / 1000))
+        return now, leases, instances
+
+    async def _live_jobs(self, operation: str) -> list[StoredJob]:
+        _, leases, _ = await self._live(operation)
+        jobs = await self._read(operation, [self._prefix + "job:" + m for m in leases])
+        return [job for job in jobs if job is not None and job.state != "done"]
+
+    async def status(self) -> StoreStatus:
+        """The pool: instances seen within ``store_lease`` and jobs with a live lease."""
+        _, leases, instances = await self._live("status")
+        jobs = await self._read("status", [self._prefix + "job:" + m for m in leases])
+        running = tuple(job for job in jobs if job is not None and job.state != "done")
+        return StoreStatus(store=self.display, instances=tuple(instances), running=running)
