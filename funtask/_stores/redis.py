@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Final
 from urllib.parse import quote
@@ -61,8 +61,8 @@ try:
     from coredis.connection import TCPLocation
     from coredis.retry import NoRetryPolicy
 except ImportError as error:  # pragma: no cover - the extra is checked by the caller
-    raise ConfigError(
-        ["a redis store needs the redis extra: pip install 'funtask[redis]'"]
+    raise ImportError(
+        "a redis store needs the redis extra: pip install 'funtask[redis]'"
     ) from error
 
 __all__ = ["RedisStore"]
@@ -120,19 +120,22 @@ class RedisStore(Store):
         name: str,
         instance: str,
         result_history: int,
+        keep_results: Mapping[str, int] | None = None,
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         store_lease: float = DEFAULT_STORE_LEASE,
         store_timeout: float = DEFAULT_STORE_TIMEOUT,
     ) -> None:
         if result_ttl is None:
             raise ConfigError(
-                ["result_ttl=None (keep results forever) is not available with a redis store"]
+                name,
+                ["result_ttl=None (keep results forever) is not available with a redis store"],
             )
         super().__init__(
             url,
             name=name,
             instance=instance,
             result_history=result_history,
+            keep_results=keep_results,
             result_ttl=result_ttl,
             store_lease=store_lease,
             store_timeout=store_timeout,
@@ -213,7 +216,8 @@ class RedisStore(Store):
         try:
             context = url.ssl_context()
         except (OSError, ValueError) as error:
-            raise ConfigError([f"store {url.display}: cannot load its TLS files: {error}"]) from None
+            problem = f"store {url.display}: cannot load its TLS files: {error}"
+            raise ConfigError(self.name, [problem]) from None
         options: dict[str, Any] = {
             "username": url.username,
             "password": url.password,
@@ -257,7 +261,7 @@ class RedisStore(Store):
                 leaf = _leaf(error)
                 problem = self._config_problem(leaf)
                 if problem is not None and not started:
-                    raise ConfigError([problem]) from None
+                    raise ConfigError(self.name, [problem]) from None
                 self._set_available(False, leaf)
             self._client = None
             self._set_available(False, None)
@@ -270,6 +274,8 @@ class RedisStore(Store):
     def _config_problem(self, error: BaseException) -> str | None:
         """What is wrong with the configuration, if ``error`` says so (else an outage)."""
         exceptions = coredis.exceptions
+        if isinstance(error, (exceptions.ProtocolError, exceptions.InvalidResponse)):
+            return f"store {self.display} is not a Redis server (RESP3): {error}"
         if isinstance(error, (exceptions.AuthenticationError, exceptions.AuthorizationError)):
             return f"store {self.display}: authentication failed ({error})"
         if isinstance(error, exceptions.UnknownCommandError):
@@ -475,7 +481,7 @@ class RedisStore(Store):
                 webhook_id,
                 0,
                 self._ttl_ms,
-                max(1, self.result_history),
+                max(1, self.history_limit(task)),
                 task,
                 job_id,
                 self._lease_ms,
@@ -572,7 +578,7 @@ class RedisStore(Store):
         answer = await self._script("heartbeat", "HEARTBEAT", keys, args)
         stop: set[tuple[str, str]] = set()
         lost: set[tuple[str, str]] = set()
-        for held, status in zip(jobs, answer[2:]):
+        for held, status in zip(jobs, answer[2:], strict=False):
             key = (held.task, held.job_id)
             if status == "stop":
                 stop.add(key)
@@ -615,7 +621,7 @@ class RedisStore(Store):
         members = [str(m) for m in answer[1:]]
         keys = [self._prefix + "job:" + member for member in members]
         taken: list[StoredJob] = []
-        for member, key, job in zip(members, keys, await self._read("sweep", keys)):
+        for member, key, job in zip(members, keys, await self._read("sweep", keys), strict=True):
             task, _, job_id = member.partition(":")
             body = ""
             if job is not None and job.state == "running":
@@ -623,8 +629,13 @@ class RedisStore(Store):
             answer = await self._script(
                 "sweep",
                 "TAKE_OVER",
-                [key, self._leases, self._version, self._latest_key(job_id)]
-                + [self._history_key(task)],
+                [
+                    key,
+                    self._leases,
+                    self._version,
+                    self._latest_key(job_id),
+                    self._history_key(task),
+                ],
                 [
                     job.token if job is not None else "",
                     self.token,
@@ -634,7 +645,7 @@ class RedisStore(Store):
                     body,
                     new_webhook_id(),
                     self._ttl_ms,
-                    max(1, self.result_history),
+                    max(1, self.history_limit(task)),
                     task,
                     job_id,
                 ],
@@ -669,7 +680,7 @@ class RedisStore(Store):
         now = int(answer[0]) / 1000
         leases = [str(m) for m in answer[1][0::2]]
         instances = []
-        for member, score in zip(answer[2][0::2], answer[2][1::2]):
+        for member, score in zip(answer[2][0::2], answer[2][1::2], strict=True):
             _, _, name = str(member).partition("|")
             instances.append(InstanceInfo(instance=name, last_seen=float(score) / 1000))
         return now, leases, instances
