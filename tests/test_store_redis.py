@@ -16,7 +16,7 @@ from funtask._stores.redis import RedisStore
 from funtask._stores.url import parse_store_url
 from funtask._wire import finished_job
 
-from _redis import RedisServer, free_port, redis_process
+from _redis import RedisServer, free_port, redis_cluster, redis_process
 
 pytest.importorskip("coredis")
 
@@ -245,3 +245,21 @@ async def test_mock_clock_stands_still(redis_server: RedisServer, autojump_clock
         for index in range(20):
             await store.claim("t", f"j{index}", callback_url=None)
         assert trio.current_time() == before
+
+
+async def test_redis_cluster() -> None:
+    with redis_cluster() as nodes:
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in nodes[:2])
+        async with opened(url) as one, opened(url, instance="b") as two:
+            assert (await one.claim("t", "j", callback_url=None)).status == "claimed"
+            assert (await two.claim("t", "j", callback_url=None)).status == "running"
+            beat = await one.heartbeat([HeldJob("t", "j", "in a cluster")])
+            assert not beat.lost
+            record = finished_job("t", "j", funtask.ok("clustered"), 0.2)
+            settled = await one.settle("t", "j", record, webhook_id="msg_c", delivering=False)
+            assert settled.status == "ok"
+            found = await two.lookup("j")
+            assert found is not None and found.result is not None
+            assert found.result.body == record.body
+            assert [r.job_id for r in await two.history("t", 5)] == ["j"]
+            assert await two.recover() == []

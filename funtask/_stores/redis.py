@@ -297,9 +297,10 @@ class RedisStore(Store):
         try:
             with self.bounded("config get"):
                 config = await client.config_get(["maxmemory-policy"])
-        except coredis.exceptions.ResponseError:
+        except (coredis.exceptions.ResponseError, coredis.exceptions.RedisClusterError):
             logger.info(
-                "store %s: CONFIG GET is not allowed; make sure maxmemory-policy is noeviction",
+                "store %s: CONFIG GET is not allowed here; make sure maxmemory-policy is "
+                "noeviction",
                 self.display,
             )
             return
