@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -263,3 +266,81 @@ async def test_redis_cluster() -> None:
             assert found.result.body == record.body
             assert [r.job_id for r in await two.history("t", 5)] == ["j"]
             assert await two.recover() == []
+
+
+async def test_rediss_checks_the_certificate_and_the_host_name(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=funtask-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
+    (tmp_path / "ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+    )
+    tls_port = free_port()
+    with redis_process(
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(tmp_path / "server.pem"),
+        "--tls-key-file",
+        str(tmp_path / "server.key"),
+        "--tls-ca-cert-file",
+        str(tmp_path / "ca.pem"),
+        "--tls-auth-clients",
+        "no",
+    ):
+        ca = tmp_path / "ca.pem"
+        async with opened(f"rediss://localhost:{tls_port}?ssl_ca_certs={ca}") as store:
+            assert (await store.claim("t", "tls", callback_url=None)).status == "claimed"
+        # The certificate names localhost, not 127.0.0.1: the host name is checked.
+        with pytest.raises(funtask.ConfigError, match="certificate verification failed"):
+            async with opened(f"rediss://127.0.0.1:{tls_port}?ssl_ca_certs={ca}"):
+                pass  # pragma: no cover
+        # Without the test CA, the server's certificate is not trusted.
+        with pytest.raises(funtask.ConfigError, match="certificate verification failed"):
+            async with opened(f"rediss://localhost:{tls_port}"):
+                pass  # pragma: no cover

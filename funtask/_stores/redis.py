@@ -19,6 +19,7 @@ when it is back. While the store is lost every call fails at once with
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -282,6 +283,8 @@ class RedisStore(Store):
             return f"store {self.display} needs Redis 6.2 or later (RESP3): {error}"
         if isinstance(error, exceptions.ConnectionError):
             cause = error.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return f"store {self.display}: TLS certificate verification failed ({cause})"
             if cause is None or isinstance(cause, (OSError, trio.TooSlowError, TimeoutError)):
                 return None
             if isinstance(cause, exceptions.RedisError) and not isinstance(
