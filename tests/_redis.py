@@ -46,6 +46,20 @@ def free_port() -> int:
         return port
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def _ping(port: int) -> bool:
     """True when a Redis on ``port`` answers PING (a bare RESP exchange, no client library)."""
     try:
@@ -160,7 +174,7 @@ def redis_cluster(nodes: int = 3) -> Iterator[list[RedisServer]]:
                 node_dir = Path(directory, str(index))
                 node_dir.mkdir()
                 server = RedisServer(
-                    free_port(),
+                    free_cluster_port(),
                     node_dir,
                     "--cluster-enabled",
                     "yes",
