@@ -196,6 +196,7 @@ async def test_outage_and_reconnect(
             await trio.sleep(0.05)
         assert (await store.claim("t", "j", callback_url=None)).status == "claimed"
     messages = [r.getMessage() for r in caplog.records if r.name == "funtask.store"]
+    assert not [r for r in caplog.records if r.name == "coredis" and r.levelno >= logging.ERROR]
     assert sum("lost" in m for m in messages) == 1
     assert sum("is back" in m for m in messages) == 1
 

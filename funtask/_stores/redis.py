@@ -93,6 +93,36 @@ _SCRIPTS: Final = {
 }
 
 
+class _QuietConnections(logging.Filter):
+    """Drop coredis's per-connection failure records: the store logs each loss once."""
+
+    MESSAGES: Final = (
+        "Connection attempt failed unexpectedly!",
+        "Connection closed unexpectedly!",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the two connection records, True for everything else."""
+        return record.msg not in self.MESSAGES
+
+
+_QUIET: Final = _QuietConnections()
+
+
+def _quiet_coredis(on: bool) -> None:
+    """Install the filter on the ``coredis`` logger while any Redis store is open."""
+    _QUIET.users += 1 if on else -1
+    coredis_logger = logging.getLogger("coredis")
+    if _QUIET.users > 0:
+        coredis_logger.addFilter(_QUIET)
+    else:
+        coredis_logger.removeFilter(_QUIET)
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -184,6 +214,8 @@ class RedisStore(Store):
             ConfigError: the endpoint refused our credentials or is not Redis.
         """
         stack = AsyncExitStack()
+        _quiet_coredis(True)
+        stack.callback(_quiet_coredis, False)
         nursery = await stack.enter_async_context(trio.open_nursery())
         try:
             await nursery.start(self._supervise)
