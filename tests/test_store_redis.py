@@ -135,7 +135,18 @@ async def test_heartbeat_stop_lost_and_write_back(redis_server: RedisServer) -> 
         assert not again.lost
         restored = await two.find("t", "b")
         assert restored is not None and restored.token == one.token
+        # A settled (delivering) record is written back with its result, found again.
+        record = finished_job("t", "a", funtask.ok("kept"), 0.1)
+        await one.settle("t", "a", record, webhook_id="msg_k", delivering=True)
+        redis_server.flush()
+        assert not (await one.heartbeat([HeldJob("t", "a")])).lost
+        kept = await two.lookup("a")
+        assert kept is not None and kept.state == "delivering" and kept.webhook_id == "msg_k"
+        assert [r.job_id for r in await two.history("t", 5)] == ["a"]
+        await one.delivered("t", "a", outcome="delivered", attempts=1)
+        assert not (await one.heartbeat([HeldJob("t", "a")])).lost
         # A record now holding another token is reported lost.
+        assert not (await one.heartbeat(held)).lost  # b written back after the flush
         redis_server.cli("HSET", "{funtask:pool}:job:t:b", "token", "someone-else")
         assert (await one.heartbeat(held)).lost == {("t", "b")}
 

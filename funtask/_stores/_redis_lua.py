@@ -139,8 +139,10 @@ for i = 4, #KEYS do
   local status
   if not rec[1] then
     status = 'missing'
-  elseif rec[2] ~= ARGV[3] or rec[1] == 'done' then
+  elseif rec[2] ~= ARGV[3] then
     status = 'lost'
+  elseif rec[1] == 'done' then
+    status = 'ok'
   else
     if rec[1] == 'running' then
       redis.call('HSET', KEYS[i], 'renewed', now)
@@ -155,18 +157,25 @@ return out
 """
 )
 
-# KEYS: job, leases, version
-# ARGV: lease member, lease ms, then field, value pairs of the whole record
+# KEYS: job, leases, version, latest, history
+# ARGV: lease member, lease ms, result ttl ms, history length, task, jobId, then field,
+#       value pairs of the whole record
 # -> 1 if written back, 0 if a record exists (then it is left alone)
 RESTORE: Final = (
     _NOW
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('HSET', KEYS[1], 'renewed', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+  redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[3])
+  redis.call('LREM', KEYS[5], 0, ARGV[6])
+  redis.call('LPUSH', KEYS[5], ARGV[6])
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[4]) - 1)
+end
 redis.call('INCR', KEYS[3])
 return 1
 """

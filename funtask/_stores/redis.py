@@ -638,8 +638,22 @@ class RedisStore(Store):
         await self._script(
             "heartbeat",
             "RESTORE",
-            [self._job_key(held.task, held.job_id), self._leases, self._version],
-            [f"{held.task}:{held.job_id}", self._lease_ms, *flat],
+            [
+                self._job_key(held.task, held.job_id),
+                self._leases,
+                self._version,
+                self._latest_key(held.job_id),
+                self._history_key(held.task),
+            ],
+            [
+                f"{held.task}:{held.job_id}",
+                self._lease_ms,
+                self._ttl_ms,
+                max(1, self.history_limit(held.task)),
+                held.task,
+                held.job_id,
+                *flat,
+            ],
         )
         logger.warning(
             "[%s %s] store %s had lost the job's record; written back",
