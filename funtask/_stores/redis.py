@@ -134,6 +134,11 @@ def _leaf(error: BaseException) -> BaseException:
     return error
 
 
+def _is_outage(error: BaseException) -> bool:
+    """Whether ``error`` says Redis did not answer (rather than a bug of ours)."""
+    return isinstance(error, (coredis.exceptions.RedisError, OSError))
+
+
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
@@ -184,7 +189,6 @@ class RedisStore(Store):
         self._lost = trio.Event()
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
-        self._loss_logged = False
         # The records this process holds (claimed or taken over), to write back
         # if Redis loses them (restarted empty).
         self._mine: dict[tuple[str, str], dict[str, str]] = {}
@@ -268,41 +272,75 @@ class RedisStore(Store):
         return coredis.Redis(host, port, db=url.db, **options)
 
     async def _supervise(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Own the client: open it, PING, then reopen it with backoff after each loss."""
+        """Own the client: open it, PING until it answers, reopen it after each loss.
+
+        At start-up an authentication error or an endpoint that is not Redis
+        is raised (a :class:`ConfigError`) before ``task_status.started()``;
+        an unreachable Redis is an outage: started, unavailable, retried.
+        """
         started = False
         delay = RECONNECT_MIN
         while True:
             try:
                 async with self._new_client() as client:
-                    with self.bounded("ping"):
-                        await client.ping()
-                    if not started:
-                        await self._check_policy(client)
                     self._client = client
-                    self._lost = trio.Event()
-                    self._set_available(True, None)
+                    while not self._available:
+                        try:
+                            await self._ping(client, first=not started)
+                        except StoreUnavailable:
+                            if not started:
+                                started = True
+                                task_status.started()
+                            await trio.sleep(delay)
+                            delay = min(delay * 2, RECONNECT_MAX)
                     if not started:
                         started = True
                         task_status.started()
                     delay = RECONNECT_MIN
                     await self._lost.wait()
-            except ConfigError:
-                if not started:
-                    raise
-                logger.error("store %s refused this process", self.display, exc_info=True)
-            except Exception as error:
+                    self._client = None  # before the client closes: calls in flight see it
+            except Exception as error:  # the client's task group wraps what its body raised
                 leaf = _leaf(error)
-                problem = self._config_problem(leaf)
-                if problem is not None and not started:
-                    raise ConfigError(self.name, [problem]) from None
+                if isinstance(leaf, ConfigError):
+                    if not started:
+                        raise leaf from None
+                    logger.error("store %s: %s", self.display, leaf)
+                # else: RedisCluster cannot be entered while the cluster is down
                 self._set_available(False, leaf)
-            self._client = None
-            self._set_available(False, None)
+            finally:
+                self._client = None
             if not started:
                 started = True
                 task_status.started()
             await trio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _ping(self, client: Any, *, first: bool = False) -> None:
+        """PING (and at start-up check the eviction policy); available again on success.
+
+        Raises:
+            StoreUnavailable: no answer.
+            ConfigError: at start-up, the endpoint refused us or is not Redis.
+        """
+        try:
+            with self.bounded("ping"):
+                await client.ping()
+            if first:
+                await self._check_policy(client)
+        except StoreUnavailable as error:
+            self._set_available(False, error)
+            raise
+        except Exception as error:
+            leaf = _leaf(error)
+            problem = self._config_problem(leaf)
+            if problem is not None and first:
+                raise ConfigError(self.name, [problem]) from None
+            if client is self._client and not _is_outage(leaf):
+                raise
+            self._set_available(False, leaf)
+            raise StoreUnavailable(self.display, f"ping: {leaf}") from leaf
+        if client is self._client:
+            self._set_available(True, None)
 
     def _config_problem(self, error: BaseException) -> str | None:
         """What is wrong with the configuration, if ``error`` says so (else an outage)."""
@@ -349,23 +387,31 @@ class RedisStore(Store):
             )
 
     def _set_available(self, available: bool, error: BaseException | None) -> None:
-        if available:
-            if self._loss_logged:
-                logger.warning("store %s is back", self.display)
-            self._loss_logged = False
-        elif not self._loss_logged:
-            self._loss_logged = True
-            logger.warning(
-                "store %s lost: %s; reconnecting in the background",
+        """Record whether Redis answers; the runtime logs the loss and the return."""
+        if available != self._available:
+            logger.debug(
+                "store %s %s%s",
                 self.display,
-                error if error is not None else "no answer",
+                "answers" if available else "lost: ",
+                "" if available else (error or "no answer"),
             )
-        self._available = available
+        was, self._available = self._available, available
         if not available:
             self._lost.set()
+        elif not was:
+            self._lost = trio.Event()  # what the supervisor waits on until the next loss
 
     async def check(self) -> bool:
-        """Whether the store answered last time (no I/O: ``/readyz`` is cheap)."""
+        """Whether Redis answers: no I/O while it does, one bounded PING while it did not."""
+        if self._available:
+            return True
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await self._ping(client)
+        except (StoreUnavailable, ConfigError):
+            return False
         return self._available
 
     # -- calls ---------------------------------------------------------------
@@ -383,7 +429,7 @@ class RedisStore(Store):
             raise
         except Exception as error:
             leaf = _leaf(error)
-            if not isinstance(leaf, (coredis.exceptions.RedisError, OSError)):
+            if client is self._client and not _is_outage(leaf):
                 raise
             self._set_available(False, leaf)
             raise StoreUnavailable(self.display, f"{operation}: {leaf}") from leaf
