@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -17,14 +18,16 @@ from werkzeug.routing import PathConverter
 
 from ._config import RESERVED_PATHS
 from ._dashboard import dashboard_page
-from ._duration import format_duration
-from ._jobs import REASON_STOP
+from ._duration import format_duration, format_duration_seconds
+from ._keeper import STORE_UNAVAILABLE
 from ._openapi import openapi_body
 from ._params import Params
 from ._request import RequestError, new_job_id, parse_run_body, validate_job_id
+from ._stores.base import Claim, StoreUnavailable
 from ._wire import dumps
 
 if TYPE_CHECKING:
+    from ._jobs import Job
     from ._runtime import Runtime
     from ._server import Server
 
@@ -205,30 +208,36 @@ class HttpApi:
             if not validate_job_id(body.job_id):
                 return error_response("invalid jobId", 400)
             job_id = body.job_id
-            record = slot.find(job_id)
-            if record is not None:
-                return raw_json_response(record.body)
             current = slot.current
-            if current is not None and current.job_id == job_id:
-                doc: dict[str, Any] = {
-                    "jobId": job_id,
-                    "status": "running",
-                    "running": runtime.running_for(current),
-                }
-                if current.run.state.step:
-                    doc["currentStep"] = current.run.state.step
-                return json_response(doc)
+            if current is not None:
+                if current.job_id == job_id:
+                    if current.record is not None:
+                        return raw_json_response(current.record.body)
+                    return json_response(_running_doc(runtime, current))
+                # The slot is busy: a read-only lookup answers rule 6, else 409.
+                answer = await _stored_or_running(runtime, task, job_id)
+                if answer is not None:
+                    return answer
         else:
             job_id = new_job_id()
         current = slot.current
         if current is not None:
-            return error_response(
-                "Task is busy with a different job",
-                409,
-                task=task,
-                currentJob={"jobId": current.job_id, "running": runtime.running_for(current)},
-            )
-        job = runtime.runner.start(slot, job_id, Params(body.params), callback_url=callback_url)
+            return _busy(runtime, task, current)
+        keeper = runtime.keeper
+        if not keeper.ok:
+            return _store_unavailable()
+        job = runtime.runner.reserve(slot, job_id, Params(body.params), callback_url=callback_url)
+        try:
+            claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
+        except StoreUnavailable as exc:
+            runtime.runner.unreserve(slot, job)
+            keeper.lost(exc)
+            runtime.nursery.start_soon(keeper.release_later, task, job_id)
+            return _store_unavailable()
+        if claim.status != "claimed":
+            runtime.runner.unreserve(slot, job)
+            return _claim_answer(claim)
+        runtime.runner.launch(slot, job)
         if callback_url is not None:
             return json_response({"jobId": job_id}, 202)
         record = await runtime.wait_sync(job)
@@ -244,18 +253,28 @@ class HttpApi:
     # -- /stop, /result, /health ----------------------------------------------
 
     async def stop_task(self, runtime: Runtime, task: str) -> Response:
-        """POST /stop/{task}: cancel the running job, or end its callback retries."""
+        """POST /stop/{task}: cancel the running job, or end its callback retries.
+
+        An optional jobId (``?jobId=``, else a JSON body ``{"jobId": "…"}``)
+        names the job to stop; any other body is ignored.
+        """
         slot = runtime.slots.get(task)
         if slot is None:
             message = f"task {json.dumps(task, ensure_ascii=False)} not found"
             return unread_body_response(error_response(message, 404))
+        job_id = request.args.get("jobId") or None
+        if job_id is None and slot.current is not None:
+            # The body is read only when it could matter (Go never reads it).
+            job_id = _stop_body_job_id(await read_body_limited(runtime.max_body_size))
+        if job_id is not None and not validate_job_id(job_id):
+            return unread_body_response(error_response("invalid jobId", 400))
         job = slot.current
         if job is None:
+            no_job = json_response({"task": task, "message": "No running job"})
+            return unread_body_response(no_job)
+        if job is None or (job_id is not None and job.job_id != job_id):
             return json_response({"task": task, "message": "No running job"})
-        if job.record is None:
-            job.cancel(REASON_STOP)
-        else:
-            runtime.stop_delivery(job)
+        runtime.stop_job(job)
         return json_response(
             {"task": task, "jobId": job.job_id, "message": "Cancellation requested"}
         )
@@ -271,10 +290,16 @@ class HttpApi:
             if b"/" in segment:
                 return error_response("not found", 404)
             job_id = unquote(segment.decode("latin-1"), encoding="utf-8", errors="replace")
-        record = runtime.runner.find_result(job_id)
-        if record is None:
+        if not runtime.keeper.ok:
+            return _store_unavailable()
+        try:
+            found = await runtime.store.lookup(job_id)
+        except StoreUnavailable as exc:
+            runtime.keeper.lost(exc)
+            return _store_unavailable()
+        if found is None or found.result is None:
             return error_response("result not found", 404)
-        return raw_json_response(record.body)
+        return raw_json_response(found.result.body)
 
     async def health(self, runtime: Runtime) -> Response:
         """GET /health: server status, per-task progress and result history."""
@@ -347,10 +372,87 @@ class HttpApi:
             return raw_json_response(_NOT_RUNNING, 503)
         if runtime.draining:
             return error_response("server is shutting down", 503)
+        if not runtime.keeper.ok:
+            return error_response(STORE_UNAVAILABLE, 503)
         problem = await runtime.readiness_error()
         if problem is not None:
             return error_response(problem, 503)
         return json_response({"status": "ok"})
+
+
+def _store_unavailable() -> Response:
+    response = error_response(STORE_UNAVAILABLE, 503)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def _running_doc(runtime: Runtime, job: Job) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "jobId": job.job_id,
+        "status": "running",
+        "running": runtime.running_for(job),
+    }
+    if job.run.state.step:
+        doc["currentStep"] = job.run.state.step
+    return doc
+
+
+def _busy(runtime: Runtime, task: str, current: Job) -> Response:
+    return error_response(
+        "Task is busy with a different job",
+        409,
+        task=task,
+        currentJob={"jobId": current.job_id, "running": runtime.running_for(current)},
+    )
+
+
+def _claim_answer(claim: Claim) -> Response:
+    """Rule 6's answer for a job the store already holds: its result, or ``running``."""
+    job = claim.job
+    if job.result is not None:
+        return raw_json_response(job.result.body)
+    doc: dict[str, Any] = {
+        "jobId": job.job_id,
+        "status": "running",
+        "running": format_duration_seconds(max(0.0, time.time() - job.started)),
+        "instance": job.instance,
+    }
+    if job.last_step:
+        doc["currentStep"] = job.last_step
+    return json_response(doc)
+
+
+async def _stored_or_running(runtime: Runtime, task: str, job_id: str) -> Response | None:
+    """A read-only store lookup for a busy slot: the stored result, running elsewhere, or None."""
+    if not runtime.keeper.ok:
+        return _store_unavailable()
+    try:
+        found = await runtime.store.find(task, job_id)
+    except StoreUnavailable as exc:
+        runtime.keeper.lost(exc)
+        return _store_unavailable()
+    if found is None:
+        return None
+    return _claim_answer(Claim("stored" if found.finished else "running", found))
+
+
+def _stop_body_job_id(raw: bytes | None) -> str | None:
+    """The jobId of a ``/stop`` body ``{"jobId": "…"}``; None for any other body (ignored)."""
+    if not raw or not raw.strip():
+        return None
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    value = document.get("jobId")
+    if value is None:
+        for key, item in document.items():
+            if isinstance(key, str) and key.lower() == "jobid":
+                value = item
+                break
+    return value if isinstance(value, str) and value else None
 
 
 class _AnyPath(PathConverter):

@@ -12,11 +12,9 @@ import email.utils
 import logging
 import math
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote
 
 import httpx
 import trio
@@ -29,12 +27,26 @@ from ._run import job_log
 from ._signing import signature_headers
 from ._wire import FinishedJob, rfc3339
 
-__all__ = ["RETRY_DELAYS", "AttemptOutcome", "CallbackSender", "Delivery", "retry_delay"]
+__all__ = [
+    "RETRY_DELAYS",
+    "AttemptOutcome",
+    "CallbackSender",
+    "Delivery",
+    "DeliveryReport",
+    "retry_delay",
+]
 
 logger: Final = logging.getLogger("funtask.callbacks")
 
 RETRY_DELAYS: Final = (1.0, 5.0, 15.0, 60.0, 120.0)  # seconds before attempts 2, 3, ...
 MAX_RETRY_DELAY: Final = 120.0  # seconds; also the cap on Retry-After
+
+
+@dataclass
+class DeliveryReport:
+    """What a delivery did, for the store: how many attempts it made in all."""
+
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,19 +141,38 @@ class Delivery:
         self.retries = retries
         self.drain_started = drain_started
 
-    async def deliver(self, record: FinishedJob, url: str, *, single_attempt: bool) -> bool:
+    async def deliver(
+        self,
+        record: FinishedJob,
+        url: str,
+        *,
+        single_attempt: bool,
+        webhook_id: str,
+        letter: trio.Path | None = None,
+        attempts: int = 0,
+        report: DeliveryReport | None = None,
+    ) -> bool:
         """Dead-letter ``record``, then POST it to ``url`` until a 2xx or the retries run out.
 
         Returns whether it was delivered. Cancelling the caller's scope (``/stop``
         during delivery) ends the schedule; the dead letter stays for replay.
+        ``webhook_id`` is the result's one ``webhook-id`` (the same on every
+        attempt, redelivery and replay). ``letter`` adopts an existing dead
+        letter (a redelivery after a restart) instead of writing a new one;
+        ``attempts`` counts the attempts made before. ``report``, if given,
+        receives the attempt count.
         """
         log = job_log(logger, record.task, record.job_id)
-        meta = _meta(record, url, attempts=0, last_error="")
-        path = await self._write(record, meta, "callback NOT attempted")
-        if path is None:
-            return False
-        message_id = f"{quote(record.job_id, safe='')}.{uuid.uuid4().hex[:16]}"
-        attempts = 0
+        meta = _meta(record, url, attempts=attempts, last_error="", webhook_id=webhook_id)
+        if letter is None:
+            path = await self._write(record, meta, "callback NOT attempted")
+            if path is None:
+                return False
+        else:
+            path = letter
+            del meta["createdAt"]  # the adopted letter keeps its own
+        message_id = webhook_id
+        first_attempt = attempts
         outcome = AttemptOutcome(False, "stopped before the attempt ended")
         observer = self.observer
         ended: DeliveryResult = "stopped"  # unless it ends below: /stop or shutdown cut it short
@@ -168,13 +199,21 @@ class Delivery:
                     redact_url(url),
                     outcome.error,
                 )
-                if attempts >= self.retries or single_attempt or self.drain_started.is_set():
+                if (
+                    attempts - first_attempt >= self.retries
+                    or single_attempt
+                    or self.drain_started.is_set()
+                ):
                     break
                 # Draining cuts the wait short: the next attempt is made at once, and is the last.
-                with trio.move_on_after(retry_delay(attempts, outcome.retry_after)):
+                with trio.move_on_after(
+                    retry_delay(attempts - first_attempt, outcome.retry_after)
+                ):
                     await self.drain_started.wait()
             ended = "dead_lettered"
         finally:
+            if report is not None:
+                report.attempts = attempts
             with trio.CancelScope(shield=True):
                 if not outcome.delivered:
                     meta.update(attempts=attempts, lastError=outcome.error)
@@ -198,9 +237,11 @@ class Delivery:
             path,
         )
 
-    async def keep_unsent(self, record: FinishedJob, reason: str) -> None:
+    async def keep_unsent(
+        self, record: FinishedJob, reason: str, *, webhook_id: str | None = None
+    ) -> None:
         """Dead-letter a sync result whose response could not be sent."""
-        meta = _meta(record, "", attempts=0, last_error=reason)
+        meta = _meta(record, "", attempts=0, last_error=reason, webhook_id=webhook_id)
         path = await self._write(record, meta, "the unsent result is lost")
         if path is None:
             return
@@ -227,11 +268,23 @@ class Delivery:
             return None
 
 
-def _meta(record: FinishedJob, url: str, *, attempts: int, last_error: str) -> dict[str, Any]:
-    return {
+def _meta(
+    record: FinishedJob,
+    url: str,
+    *,
+    attempts: int,
+    last_error: str,
+    webhook_id: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    meta = {
         "task": record.task,
         "callbackUrl": url,
         "attempts": attempts,
         "lastError": last_error,
         "createdAt": rfc3339(time.time()),
     }
+    if webhook_id is not None:
+        meta["webhookId"] = webhook_id
+    meta.update(extra)
+    return meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -12,6 +13,10 @@ from datetime import timedelta
 from typing import Any, Final
 
 from ._allowlist import parse_allowlist_entry
+from ._stores.base import DEFAULT_RESULT_TTL, DEFAULT_STORE_LEASE, DEFAULT_STORE_TIMEOUT
+from ._stores.base import MIN_STORE_LEASE as MIN_STORE_LEASE
+from ._stores.lock import lock_problem
+from ._stores.url import ENV_STORE, StoreURL, parse_store_url
 
 __all__ = [
     "DEFAULT_CALLBACK_RETRIES",
@@ -23,6 +28,7 @@ __all__ = [
     "DEFAULT_SYNC_TIMEOUT",
     "ENV_AUTH_TOKEN",
     "ENV_DEAD_LETTER_DIR",
+    "ENV_STORE",
     "HandlerDef",
     "Settings",
     "duration_problem",
@@ -129,6 +135,62 @@ class Settings:
     metrics: bool = True
     metrics_auth: bool = True
     instance_id: str | None = None
+    store: str | None = None
+    result_ttl: Any = DEFAULT_RESULT_TTL
+    store_lease: Any = DEFAULT_STORE_LEASE
+    store_timeout: Any = DEFAULT_STORE_TIMEOUT
+    cwd: str = ""  # the working directory when the Server was created (relative SQLite paths)
+
+    def resolved_store(self) -> StoreURL:
+        """The store URL: ``store``, else ``$FUNTASK_STORE``, else memory.
+
+        Raises:
+            ValueError: the URL is not valid (see :meth:`problems`).
+        """
+        value = self.store
+        if value is None:
+            value = os.environ.get(ENV_STORE) or "memory"
+        return parse_store_url(value, cwd=self.cwd or None)
+
+    def store_problems(self, *, probe_lock: bool = True) -> list[str]:
+        """The problems of the store settings (see :meth:`problems`)."""
+        problems: list[str] = []
+        try:
+            url: StoreURL | None = self.resolved_store()
+        except ValueError as exc:
+            problems.append(str(exc))
+            url = None
+        if url is not None and url.kind == "redis" and importlib.util.find_spec("coredis") is None:
+            problems.append(
+                f"store {url.display} needs the redis extra (coredis is not importable): "
+                "pip install 'funtask[redis]'"
+            )
+        if self.result_ttl is not None or (url is not None and url.kind == "redis"):
+            ttl = to_seconds(self.result_ttl)
+            if ttl is None or not math.isfinite(ttl) or ttl <= 0:
+                kind = "a finite duration > 0" + (
+                    "" if url is not None and url.kind == "redis" else " or None (forever)"
+                )
+                problems.append(f"result_ttl must be {kind}, not {self.result_ttl!r}")
+        lease = to_seconds(self.store_lease)
+        if lease is None or not math.isfinite(lease) or lease < MIN_STORE_LEASE:
+            problems.append(
+                f"store_lease must be a duration of at least {MIN_STORE_LEASE:g}s, "
+                f"not {self.store_lease!r}"
+            )
+        timeout = to_seconds(self.store_timeout)
+        if timeout is None or not math.isfinite(timeout) or timeout <= 0:
+            problems.append(
+                f"store_timeout must be a finite duration > 0, not {self.store_timeout!r}"
+            )
+        if url is not None and url.kind == "sqlite":
+            assert url.path is not None
+            directory = os.path.dirname(url.path)
+            if not os.path.isdir(directory):
+                problems.append(f"sqlite store {url.path}: directory {directory!r} does not exist")
+            elif probe_lock and (problem := lock_problem(url.path)):
+                problems.append(problem)
+        return problems
 
     def resolved_tokens(self) -> tuple[str, ...]:
         """The accepted bearer tokens, falling back to ``$FUNTASK_AUTH_TOKEN``."""
@@ -208,4 +270,5 @@ class Settings:
             not isinstance(instance, str) or not instance.strip() or not instance.isprintable()
         ):
             problems.append(f"instance_id must be a non-empty printable str, not {instance!r}")
+        problems.extend(self.store_problems())
         return problems

@@ -86,6 +86,10 @@ class DeadLetter:
     last_error: str  # why the last attempt failed ("" if none was made)
     created_at: str  # RFC 3339 timestamp of the first write
     body: dict[str, Any]  # the callback body, without ``deadLetter``, in file order
+    webhook_id: str | None = None  # the result's one ``webhook-id`` (older letters: None)
+    unstored: bool = False  # written while the store could not take the result
+    superseded: bool = False  # another process settled the job first: never posted
+    token: str | None = None  # the owner token that may still settle it (unstored)
 
 
 def dead_letter_name(job_id: str) -> str:
@@ -255,7 +259,22 @@ def _read(path: Path) -> DeadLetter:
     job_id = document.get("jobId")
     if not isinstance(job_id, str):
         raise ValueError("jobId is missing or not a string")
-    return DeadLetter(path, job_id, task, url, attempts, last_error, created_at, document)
+    webhook_id = meta.get("webhookId")
+    token = meta.get("token")
+    return DeadLetter(
+        path,
+        job_id,
+        task,
+        url,
+        attempts,
+        last_error,
+        created_at,
+        document,
+        webhook_id=webhook_id if isinstance(webhook_id, str) and webhook_id else None,
+        unstored=meta.get("unstored") is True,
+        superseded=meta.get("superseded") is True,
+        token=token if isinstance(token, str) and token else None,
+    )
 
 
 # -- blocking file operations (run in worker threads by the async API) ----------

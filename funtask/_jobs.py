@@ -72,6 +72,7 @@ class Job:
         self.delivery_stopped = False
         self.delivery_scope: trio.CancelScope | None = None
         self.thread_scope: trio.CancelScope | None = None
+        self.webhook_id: str | None = None  # drawn once, when the result is settled
 
     def __repr__(self) -> str:
         return f"<Job {self.task.name}/{self.job_id!r}>"
@@ -144,6 +145,14 @@ class JobRunner:
         self, slot: TaskSlot, job_id: str, params: Params, *, callback_url: str | None
     ) -> Job:
         """Occupy ``slot`` with a new job and start it; the caller checked the slot is free."""
+        job = self.reserve(slot, job_id, params, callback_url=callback_url)
+        self.launch(slot, job)
+        return job
+
+    def reserve(
+        self, slot: TaskSlot, job_id: str, params: Params, *, callback_url: str | None
+    ) -> Job:
+        """Occupy ``slot`` with a new job that has not started (while the store claims it)."""
         if self.nursery is None:
             raise RuntimeError("the job runner is not running")
         run = Run(slot.task.name, job_id, on_change=self._on_progress)
@@ -156,10 +165,19 @@ class JobRunner:
             max_duration=self.max_duration,
         )
         slot.current = job
+        return job
+
+    def unreserve(self, slot: TaskSlot, job: Job) -> None:
+        """Free ``slot`` of a reserved job that will not start (the claim failed)."""
+        if slot.current is job:
+            slot.current = None
+
+    def launch(self, slot: TaskSlot, job: Job) -> None:
+        """Start a reserved job in the jobs nursery."""
+        assert self.nursery is not None
         self.observer.job_started(job)
         self.nursery.start_soon(self._run_job, slot, job, name="funtask job")
         self._on_change()
-        return job
 
     def jobs(self) -> list[Job]:
         """The jobs currently holding a slot (running or delivering)."""

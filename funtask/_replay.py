@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import quote
 
 import httpx
 
@@ -15,6 +13,7 @@ from ._allowlist import normalize_url, redact_url
 from ._callbacks import CallbackSender
 from ._deadletters import DeadLetter, callback_body_bytes, remove_dead_letter, scan_dead_letters
 from ._signing import signing_key
+from ._stores.base import new_webhook_id
 from ._threads import run_in_thread
 
 __all__ = ["ReplayReport", "format_listing", "replay_dead_letters"]
@@ -60,10 +59,14 @@ async def replay_dead_letters(
     timeout: float,
     signing_secret: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    include_superseded: bool = False,
 ) -> ReplayReport:
     """POST every dead letter once, to ``to`` or to the callback URL stored in the file.
 
     A file is removed only after a 2xx answer; anything else leaves it in place.
+    Each letter is sent with the ``webhook-id`` stored in it (the one its
+    deliveries used). Superseded letters are skipped unless
+    ``include_superseded``.
     """
     report = ReplayReport()
     letters, invalid = await run_in_thread(scan_dead_letters, directory)
@@ -78,7 +81,10 @@ async def replay_dead_letters(
             if target is None:
                 report.skipped.append((letter.path, "no valid callback URL (use --to URL)"))
                 continue
-            message_id = f"{quote(letter.job_id, safe='')}.{uuid.uuid4().hex[:16]}"
+            if letter.superseded and not include_superseded:
+                report.skipped.append((letter.path, "superseded (another process settled it)"))
+                continue
+            message_id = letter.webhook_id or new_webhook_id()
             outcome = await sender.attempt(target, callback_body_bytes(letter), message_id)
             if outcome.delivered:
                 await remove_dead_letter(letter.path)

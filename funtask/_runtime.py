@@ -7,29 +7,34 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import trio
 
 from ._allowlist import Allowlist
-from ._callbacks import CallbackSender, Delivery
+from ._callbacks import CallbackSender, Delivery, DeliveryReport
 from ._changes import ChangeNotifier
 from ._config import to_seconds
+from ._deadletters import remove_dead_letter, update_dead_letter
 from ._duration import format_duration, format_duration_seconds
 from ._events import EventHub
 from ._jobs import (
     REASON_DISCONNECT,
     REASON_SHUTDOWN,
+    REASON_STOP,
     REASON_SYNC_TIMEOUT,
     Job,
     JobRunner,
     TaskSlot,
 )
+from ._keeper import STORE_UNAVAILABLE, StoreKeeper
 from ._logfilter import redacting_httpx_logs
 from ._observe import Observer, combine_observers
 from ._result import fail
 from ._signing import signing_key
+from ._stores.base import DeliveryOutcome, new_webhook_id
 from ._wire import FinishedJob, dumps, rfc3339
 
 if TYPE_CHECKING:
@@ -92,6 +97,8 @@ class Runtime:
             drain_started=self.drain_started,
             observer=self.observer,
         )
+        self.keeper = StoreKeeper(self)
+        self.store = self.keeper.store
         self.events = EventHub(self, max_clients=settings.max_event_clients)
         self.notifier.on_milestone = self.events.ring_all
         self.started_at = trio.current_time()
@@ -129,18 +136,64 @@ class Runtime:
     # -- jobs -------------------------------------------------------------
 
     async def _after_job(self, job: Job, record: FinishedJob) -> None:
-        """Hand a finished job's result on: deliver it, or dead-letter an unsent sync result."""
+        """Hand a finished job's result on: store it, then deliver it or keep it unsent."""
+        await self._hand_over(job, record, single_attempt=False)
+
+    async def _hand_over(self, job: Job, record: FinishedJob, *, single_attempt: bool) -> None:
+        """Store ``record`` (compare-and-set), then deliver it (SPEC 5, rules 6 and 7).
+
+        The ``webhook-id`` is drawn here, once. A result the store cannot take
+        waits as an ``unstored`` dead letter and is posted only once stored; a
+        result another process settled first is dead-lettered as superseded
+        and never posted.
+        """
         if job.settled:
             return
         job.settled = True
+        webhook_id = job.webhook_id = new_webhook_id()
+        keeper = self.keeper
+        outcome = await keeper.settle(job, record, webhook_id)
+        letter: trio.Path | None = None
+        if outcome == "unstored":
+            job.run.log.warning("result not stored (%s); dead letter kept", STORE_UNAVAILABLE)
+            with trio.CancelScope(shield=True):
+                letter = await keeper.write_letter(job, record, webhook_id, unstored=True)
+            with trio.CancelScope() as job.delivery_scope:
+                outcome = await keeper.wait_stored(job, record, webhook_id)
+            if outcome == "unstored":  # given up (shutdown): the letter waits for the next start
+                return
+            if letter is not None:
+                with trio.CancelScope(shield=True):
+                    await _mark_letter(letter, unstored=False, superseded=outcome != "ok")
+        if outcome == "superseded":
+            job.run.log.warning("result superseded: the job was settled elsewhere; not posted")
+            if letter is None:
+                with trio.CancelScope(shield=True):
+                    await keeper.write_letter(job, record, webhook_id, superseded=True)
+            return
         if job.callback_url is not None:
+            report = DeliveryReport()
+            delivered = False
             with trio.CancelScope() as job.delivery_scope:
                 if not job.delivery_stopped:
-                    await self.delivery.deliver(
-                        record, job.callback_url, single_attempt=self.draining
+                    delivered = await self.delivery.deliver(
+                        record,
+                        job.callback_url,
+                        single_attempt=single_attempt or self.draining,
+                        webhook_id=webhook_id,
+                        letter=letter,
+                        report=report,
                     )
+            ended: DeliveryOutcome = "delivered" if delivered else "dead_lettered"
+            if job.delivery_stopped and not delivered:
+                ended = "stopped"
+            await keeper.delivered(job.task.name, job.job_id, ended, report.attempts)
         elif job.unsent is not None:
-            await self.delivery.keep_unsent(record, job.unsent)
+            if letter is None:
+                await self.delivery.keep_unsent(record, job.unsent, webhook_id=webhook_id)
+        elif letter is not None:  # answered, and now stored: the safety copy can go
+            with trio.CancelScope(shield=True):
+                await remove_dead_letter(letter)
 
     async def wait_sync(self, job: Job) -> FinishedJob | None:
         """Wait for a job's result for a sync caller; None on the sync timeout.
@@ -169,7 +222,16 @@ class Runtime:
             return
         job.unsent = reason
         if job.settled and job.record is not None:
-            self.nursery.start_soon(self.delivery.keep_unsent, job.record, reason)
+            self.nursery.start_soon(
+                partial(self.delivery.keep_unsent, job.record, reason, webhook_id=job.webhook_id)
+            )
+
+    def stop_job(self, job: Job) -> None:
+        """``/stop`` for one job: cancel it, or end its callback retries if it is delivering."""
+        if job.record is None:
+            job.cancel(REASON_STOP)
+        else:
+            self.stop_delivery(job)
 
     def stop_delivery(self, job: Job) -> None:
         """End the callback retry schedule of a finished job (``/stop`` during delivery)."""
@@ -224,12 +286,16 @@ class Runtime:
                 doc["lastJob"] = last_job
                 doc["results"] = [record.entry for record in slot.history]
             tasks[name] = doc
-        return {
+        document = {
             "name": self.name,
             "status": "draining" if self.draining else "ok",
             "uptime": format_duration_seconds(now - self.started_at),
             "tasks": tasks,
         }
+        if self.keeper.persistent:
+            document["instance"] = self.instance
+            document["store"] = "ok" if self.keeper.ok else "unavailable"
+        return document
 
     def health_body(self) -> bytes:
         """The ``/health`` document serialised, cached per change and per displayed second.
@@ -332,11 +398,16 @@ class Runtime:
         job.run.log.warning("job still running after the shutdown timeout")
         slot = self.slots[job.task.name]
         record = self.runner.finish(slot, job, fail("worker_shutdown", "server is shutting down"))
-        job.settled = True
-        if job.callback_url is not None:
-            await self.delivery.deliver(record, job.callback_url, single_attempt=True)
-        else:
-            await self.delivery.keep_unsent(record, "server shut down while the job was running")
+        if job.callback_url is None and job.unsent is None:
+            job.unsent = "server shut down while the job was running"
+        await self._hand_over(job, record, single_attempt=True)
+
+
+async def _mark_letter(letter: trio.Path, **flags: bool) -> None:
+    try:
+        await update_dead_letter(letter, flags)
+    except (OSError, ValueError):
+        logger.warning("cannot update the dead letter %s", letter, exc_info=True)
 
 
 def _seconds(value: Any) -> float:
@@ -368,6 +439,9 @@ async def _open_runtime(
         runtime = Runtime(server, nursery, callback_client)
         async with trio.open_nursery() as jobs_nursery:
             runtime.runner.nursery = jobs_nursery
+            # Before anything is served: a persistent store settles what the last
+            # process left running (so /readyz is ready only after recovery).
+            await runtime.keeper.start()
             async with AsyncExitStack() as stack:
                 if server.settings.lifespan is not None:
                     await stack.enter_async_context(server.settings.lifespan(server))
@@ -377,6 +451,7 @@ async def _open_runtime(
                     await runtime.drain()
             jobs_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
+    await runtime.keeper.aclose()
     if runtime.drain_began_at is not None:
         logger.info(
             "server %r stopped after draining for %s",

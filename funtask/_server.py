@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -23,10 +24,11 @@ from ._config import (
     parse_handler_pattern,
 )
 from ._errors import ConfigError
+from ._stores.base import DEFAULT_RESULT_TTL, DEFAULT_STORE_LEASE, DEFAULT_STORE_TIMEOUT
+from ._stores.lock import StoreLock
 from ._tasks import TaskDef, TaskFunction, task_name_problem
 
 if TYPE_CHECKING:
-    import os
     from datetime import timedelta
 
     import httpx
@@ -70,6 +72,10 @@ class Server:
         metrics: bool = True,
         metrics_auth: bool = True,
         instance_id: str | None = None,
+        store: str | None = None,
+        result_ttl: float | timedelta | None = DEFAULT_RESULT_TTL,
+        store_lease: float | timedelta = DEFAULT_STORE_LEASE,
+        store_timeout: float | timedelta = DEFAULT_STORE_TIMEOUT,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {name!r}")
@@ -101,6 +107,11 @@ class Server:
             metrics=bool(metrics),
             metrics_auth=bool(metrics_auth),
             instance_id=instance_id,
+            store=store,
+            result_ttl=result_ttl,
+            store_lease=store_lease,
+            store_timeout=store_timeout,
+            cwd=os.getcwd(),
         )
         #: Shared resources for tasks and handlers (set them up in ``lifespan``).
         self.state = types.SimpleNamespace()
@@ -259,12 +270,30 @@ class Server:
         if self._runtime is not None:
             raise RuntimeError(f"server {self.name!r} is already running")
         self.validate()
-        async with open_runtime(self, callback_transport=callback_transport) as runtime:
-            self._runtime = runtime
-            try:
-                yield runtime
-            finally:
-                self._runtime = None
+        lock = self._lock_store()
+        try:
+            async with open_runtime(self, callback_transport=callback_transport) as runtime:
+                self._runtime = runtime
+                try:
+                    yield runtime
+                finally:
+                    self._runtime = None
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock_store(self) -> StoreLock | None:
+        """Take an SQLite store's file lock for as long as the server runs (rule 11)."""
+        url = self.settings.resolved_store()
+        if url.kind != "sqlite":
+            return None
+        assert url.path is not None
+        lock = StoreLock(url.path)
+        try:
+            lock.acquire(self.settings.resolved_instance_id())
+        except (RuntimeError, OSError) as exc:
+            raise ConfigError(self.name, [str(exc)]) from None
+        return lock
 
     def _app(self) -> Any:
         if self._asgi is None:

@@ -229,7 +229,12 @@ class Store(abc.ABC):
     """
 
     kind: str = "?"
+    #: Whether results outlive the process (False only for memory).
     persistent: bool = True
+    #: Whether other processes share the records (Redis): the runtime then
+    #: refreshes its view of the history when the version moves, runs the
+    #: sweeper (``recover`` on every heartbeat) and honours lease loss.
+    pool: bool = False
 
     def __init__(
         self,

@@ -64,6 +64,8 @@ class MemoryStore(Store):
         key = (task, job_id)
         current = self._unfinished.get(key)
         if current is not None:
+            if current.finished:
+                return Claim("stored", current)
             return Claim("claimed" if current.token == self.token else "running", current)
         stored = self._find_result(task, job_id)
         if stored is not None:
@@ -101,9 +103,9 @@ class MemoryStore(Store):
     ) -> Settled:
         key = (task, job_id)
         token = self.token if token is None else token
-        current = self._unfinished.get(key)
+        current = self._unfinished.get(key) or self._find_result(task, job_id)
         if current is None or current.token != token:
-            return Settled("superseded", current or self._find_result(task, job_id))
+            return Settled("superseded", current)
         if current.state != "running":
             if current.result is not None and current.result.body == result.body:
                 return Settled("ok", current)

@@ -1,0 +1,401 @@
+"""The runtime's side of the store: outages, heartbeats, housekeeping and recovery.
+
+The :class:`StoreKeeper` owns the server's :class:`~funtask._stores.base.Store`
+while it serves. It knows whether the store answers (``ok``), reconnects in
+the background after an outage (backoff up to 5 s, one log line when the
+store is lost and one when it is back), runs the heartbeat and the
+housekeeping of persistent stores, settles results (rule 6: stored first,
+then delivered; an unstorable result waits as an ``unstored`` dead letter)
+and, at start-up, finishes what a previous process left behind.
+
+The memory store needs none of the background work: with it the keeper
+starts no task and every call answers without yielding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Final, Literal
+
+import trio
+
+from ._callbacks import DeliveryReport
+from ._deadletters import DeadLetter, scan_dead_letters, update_dead_letter, write_dead_letter
+from ._run import job_log
+from ._stores import create_store
+from ._stores.base import (
+    DeliveryOutcome,
+    HeldJob,
+    Store,
+    StoredJob,
+    StoreUnavailable,
+    restore_finished_job,
+)
+from ._stores.sqlite import CHECKPOINT_INTERVAL, PURGE_INTERVAL
+from ._threads import run_in_thread
+from ._wire import FinishedJob, rfc3339
+
+if TYPE_CHECKING:
+    from ._jobs import Job
+    from ._runtime import Runtime
+
+__all__ = ["REASON_LEASE_LOST", "StoreKeeper"]
+
+logger: Final = logging.getLogger("funtask.store")
+
+REASON_LEASE_LOST: Final = "job cancelled: lease lost"
+MAX_RECONNECT_DELAY: Final = 5.0  # seconds
+FIRST_RECONNECT_DELAY: Final = 0.1  # seconds
+STORE_UNAVAILABLE: Final = "result store unavailable"
+
+SettleOutcome = Literal["ok", "superseded", "unstored"]
+
+
+class StoreKeeper:
+    """The server's store while it serves (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.server.settings
+        self.runtime = runtime
+        self.url = settings.resolved_store()
+        lease = _seconds(settings.store_lease)
+        ttl = None if settings.result_ttl is None else _seconds(settings.result_ttl)
+        self.store: Store = create_store(
+            self.url,
+            name=runtime.name,
+            instance=runtime.instance,
+            result_history=settings.result_history,
+            keep_results={
+                task.name: task.keep_results
+                for task in runtime.server.tasks.values()
+                if task.keep_results is not None
+            },
+            result_ttl=ttl,
+            store_lease=lease,
+            store_timeout=_seconds(settings.store_timeout),
+        )
+        self.persistent = self.store.persistent
+        self.heartbeat_interval = min(1.0, lease / 3)
+        self.ok = True
+        self.opened = False
+        self.back = trio.Event()
+        self.back.set()
+        self._seen_version = -1
+
+    @property
+    def display(self) -> str:
+        """The store as it may be shown (password redacted)."""
+        return self.url.display
+
+    # -- outages ----------------------------------------------------------------
+
+    def lost(self, exc: StoreUnavailable) -> None:
+        """Note that the store did not answer; reconnect in the background."""
+        if not self.ok:
+            return
+        self.ok = False
+        self.back = trio.Event()
+        logger.error("result store %s lost: %s", self.display, exc.reason)
+        self.runtime.notifier.bump()
+        self.runtime.nursery.start_soon(self._reconnect, name="funtask store reconnect")
+
+    async def _reconnect(self) -> None:
+        delay = FIRST_RECONNECT_DELAY
+        while True:
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+            if not self.opened:
+                try:
+                    await self._open_and_recover()
+                except StoreUnavailable:
+                    continue
+            elif not await self.store.check():
+                continue
+            break
+        self.ok = True
+        self.back.set()
+        logger.warning("result store %s is back", self.display)
+        self.runtime.notifier.bump()
+
+    # -- start-up and shutdown ---------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and finish what a previous process left (before ``/readyz``)."""
+        if not self.persistent:
+            await self.store.open()
+            self.opened = True
+            return
+        try:
+            await self._open_and_recover()
+        except StoreUnavailable as exc:
+            self.lost(exc)
+        nursery = self.runtime.nursery
+        nursery.start_soon(self._heartbeat_loop, name="funtask store heartbeat")
+        nursery.start_soon(self._purge_loop, name="funtask store purge")
+        if hasattr(self.store, "checkpoint"):
+            nursery.start_soon(self._checkpoint_loop, name="funtask store checkpoint")
+
+    async def aclose(self) -> None:
+        """Close the store (a clean exit removes this instance's entry)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self.store.store_timeout):
+            try:
+                await self.store.aclose()
+            except StoreUnavailable:
+                logger.warning("result store %s: could not close cleanly", self.display)
+
+    async def _open_and_recover(self) -> None:
+        runtime = self.runtime
+        if not self.opened:
+            await self.store.open()
+            self.opened = True
+        await self._offer_unstored_letters()
+        recovered = await self.store.recover()
+        for job in recovered:
+            self._adopt(job)
+        for name, slot in runtime.slots.items():
+            records = await self.store.history(name, slot.history.maxlen or 1)
+            slot.history.clear()
+            slot.history.extend(records)
+        runtime.notifier.bump()
+
+    def _adopt(self, job: StoredJob) -> None:
+        """Finish a job whose process is gone: deliver it, or keep its unsent result."""
+        log = job_log(logger, job.task, job.job_id)
+        if job.result is None:
+            return
+        if job.result.result.error_code == "worker_lost" and job.delivery in (None, "unsent"):
+            log.warning("worker stopped while the job was running; settled as worker_lost")
+        if job.state == "delivering" and job.callback_url is not None:
+            self.runtime.nursery.start_soon(self._redeliver, job, name="funtask redelivery")
+        elif job.delivery == "unsent":
+            self.runtime.nursery.start_soon(
+                self._keep_unsent, job, name="funtask unsent worker_lost result"
+            )
+
+    async def _keep_unsent(self, job: StoredJob) -> None:
+        assert job.result is not None
+        await self.runtime.delivery.keep_unsent(
+            job.result, "worker stopped while the job was running", webhook_id=job.webhook_id
+        )
+
+    async def _redeliver(self, job: StoredJob) -> None:
+        """Deliver a stored result again on the retry schedule, adopting its dead letter."""
+        assert job.result is not None and job.callback_url is not None
+        runtime = self.runtime
+        letter = await self._find_letter(job.task, job.job_id)
+        webhook_id = job.webhook_id or (letter.webhook_id if letter else None) or ""
+        report = DeliveryReport()
+        delivered = await runtime.delivery.deliver(
+            job.result,
+            job.callback_url,
+            single_attempt=runtime.draining,
+            webhook_id=webhook_id,
+            letter=None if letter is None else trio.Path(letter.path),
+            attempts=0 if letter is None else letter.attempts,
+            report=report,
+        )
+        await self.delivered(
+            job.task,
+            job.job_id,
+            "delivered" if delivered else "dead_lettered",
+            report.attempts,
+        )
+
+    async def _find_letter(self, task: str, job_id: str) -> DeadLetter | None:
+        directory = self.runtime.dead_letter_dir
+        if not directory:
+            return None
+        try:
+            letters, _ = await run_in_thread(scan_dead_letters, directory)
+        except OSError:
+            return None
+        for letter in letters:
+            if letter.task == task and letter.job_id == job_id and not letter.superseded:
+                return letter
+        return None
+
+    async def _offer_unstored_letters(self) -> None:
+        """Rule 6: offer results written while the store was away (before recovery)."""
+        directory = self.runtime.dead_letter_dir
+        if not directory:
+            return
+        try:
+            letters, _ = await run_in_thread(scan_dead_letters, directory)
+        except OSError:
+            return
+        for letter in letters:
+            if not letter.unstored or letter.token is None:
+                continue
+            record = _record_of(letter)
+            if record is None:
+                continue
+            settled = await self.store.settle(
+                letter.task,
+                letter.job_id,
+                record,
+                webhook_id=letter.webhook_id or "",
+                delivering=bool(letter.callback_url),
+                token=letter.token,
+            )
+            log = job_log(logger, letter.task, letter.job_id)
+            if settled.status == "superseded":
+                log.warning("unstored result superseded; dead letter %s kept", letter.path)
+                await update_dead_letter(letter.path, {"unstored": False, "superseded": True})
+            else:
+                log.info("unstored result stored from dead letter %s", letter.path)
+                await update_dead_letter(letter.path, {"unstored": False})
+
+    async def release_later(self, task: str, job_id: str) -> None:
+        """Undo a claim that failed or timed out, once the store answers again (rule 4)."""
+        while True:
+            await self.back.wait()
+            try:
+                await self.store.release(task, job_id)
+            except StoreUnavailable as exc:
+                self.lost(exc)
+                await trio.sleep(FIRST_RECONNECT_DELAY)
+                continue
+            return
+
+    # -- settling ----------------------------------------------------------------
+
+    async def settle(self, job: Job, record: FinishedJob, webhook_id: str) -> SettleOutcome:
+        """Store ``job``'s result by compare-and-set (shielded, bounded)."""
+        if not self.ok:
+            return "unstored"
+        with trio.CancelScope(shield=True):
+            try:
+                settled = await self.store.settle(
+                    job.task.name,
+                    job.job_id,
+                    record,
+                    webhook_id=webhook_id,
+                    delivering=job.callback_url is not None,
+                )
+            except StoreUnavailable as exc:
+                self.lost(exc)
+                return "unstored"
+        return settled.status
+
+    async def wait_stored(self, job: Job, record: FinishedJob, webhook_id: str) -> SettleOutcome:
+        """Retry settling an unstored result until the store takes it (cancel to give up)."""
+        while True:
+            await self.back.wait()
+            outcome = await self.settle(job, record, webhook_id)
+            if outcome != "unstored":
+                return outcome
+            await trio.sleep(FIRST_RECONNECT_DELAY)
+
+    async def write_letter(
+        self, job: Job, record: FinishedJob, webhook_id: str, **flags: bool
+    ) -> trio.Path | None:
+        """A dead letter for a result that is not (or never will be) posted as it is."""
+        meta = {
+            "task": record.task,
+            "callbackUrl": job.callback_url or "",
+            "attempts": 0,
+            "lastError": STORE_UNAVAILABLE if flags.get("unstored") else "superseded",
+            "createdAt": rfc3339(time.time()),
+            "webhookId": webhook_id,
+            "token": self.store.token,
+            **flags,
+        }
+        try:
+            return await write_dead_letter(
+                self.runtime.dead_letter_dir or "", record.job_id, record.response, meta
+            )
+        except (OSError, ValueError, TypeError):
+            job_log(logger, record.task, record.job_id).error(
+                "cannot write the dead letter", exc_info=True
+            )
+            return None
+
+    async def delivered(
+        self, task: str, job_id: str, outcome: DeliveryOutcome, attempts: int
+    ) -> None:
+        """Mark a delivery over in the store (shielded, bounded; an outage is logged)."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self.store.delivered(task, job_id, outcome=outcome, attempts=attempts)
+            except StoreUnavailable as exc:
+                self.lost(exc)
+
+    # -- background work ---------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        runtime = self.runtime
+        while True:
+            await trio.sleep(self.heartbeat_interval)
+            if not self.ok or not self.opened:
+                continue
+            jobs = runtime.runner.jobs()
+            held = [HeldJob(job.task.name, job.job_id, job.run.state.step) for job in jobs]
+            try:
+                beat = await self.store.heartbeat(held)
+            except StoreUnavailable as exc:
+                self.lost(exc)
+                continue
+            for job in jobs:
+                key = (job.task.name, job.job_id)
+                if key in beat.lost and job.record is None:
+                    job.cancel(REASON_LEASE_LOST)
+                elif key in beat.stop:
+                    runtime.stop_job(job)
+            if beat.version != self._seen_version and getattr(self.store, "pool", False):
+                self._seen_version = beat.version
+                await self._refresh_views()
+
+    async def _refresh_views(self) -> None:
+        runtime = self.runtime
+        try:
+            for name, slot in runtime.slots.items():
+                records = await self.store.history(name, slot.history.maxlen or 1)
+                slot.history.clear()
+                slot.history.extend(records)
+        except StoreUnavailable as exc:
+            self.lost(exc)
+            return
+        runtime.notifier.bump_milestone()
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await trio.sleep(PURGE_INTERVAL)
+            if self.runtime.draining:
+                return
+            if not self.ok:
+                continue
+            try:
+                purged = await self.store.purge()
+            except StoreUnavailable as exc:
+                self.lost(exc)
+                continue
+            if purged:
+                logger.info("result store %s: purged %d expired result(s)", self.display, purged)
+
+    async def _checkpoint_loop(self) -> None:
+        checkpoint = self.store.checkpoint  # type: ignore[attr-defined]
+        while True:
+            await trio.sleep(CHECKPOINT_INTERVAL)
+            await checkpoint()
+
+
+def _record_of(letter: DeadLetter) -> FinishedJob | None:
+    from ._wire import dumps
+
+    finished = letter.body.get("finished")
+    try:
+        body = dumps(letter.body)
+        wall = float(finished) if isinstance(finished, (int, float)) else time.time()
+        return restore_finished_job(letter.task, letter.job_id, body, wall)
+    except (TypeError, ValueError):
+        return None
+
+
+def _seconds(value: object) -> float:
+    from ._config import to_seconds
+
+    seconds = to_seconds(value)
+    assert seconds is not None and not math.isnan(seconds)  # validated before serving
+    return seconds

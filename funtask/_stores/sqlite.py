@@ -1,0 +1,625 @@
+"""The SQLite store: one process whose results and unfinished work survive restarts.
+
+Standard :mod:`sqlite3`, WAL, ``synchronous=NORMAL`` (a committed
+transaction survives ``kill -9``; only an OS crash can lose the tail).
+Writes run inline on the Trio thread, each one ``BEGIN IMMEDIATE … COMMIT``
+(tens of microseconds); the WAL is checkpointed PASSIVE by
+:meth:`SQLiteStore.checkpoint` in a worker thread on a connection of its
+own (``wal_autocheckpoint=0``). One process owns the file (see
+:mod:`funtask._stores.lock`), so there are no leases: whatever is not
+``done`` at start-up belonged to a process that is gone, and
+:meth:`SQLiteStore.recover` settles it.
+
+Keys (task, jobId) are stored as UTF-8 BLOBs with lone surrogates passed
+through, so every jobId the API accepts is its own key; other text is
+stored as funtask's JSON writes it (a lone surrogate becomes ``\\udXXX``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, Final
+from urllib.parse import quote
+
+from .._threads import run_in_thread
+from .._wire import FinishedJob
+from .base import (
+    Claim,
+    DeliveryOutcome,
+    Heartbeat,
+    HeldJob,
+    InstanceInfo,
+    JobState,
+    Settled,
+    Store,
+    StoredJob,
+    StoreStatus,
+    StoreUnavailable,
+    new_webhook_id,
+    restore_finished_job,
+    worker_lost_result,
+)
+from .url import StoreURL
+
+__all__ = ["CHECKPOINT_INTERVAL", "PURGE_INTERVAL", "SQLiteStore", "read_status"]
+
+logger: Final = logging.getLogger("funtask.store")
+
+CHECKPOINT_INTERVAL: Final = 10.0  # seconds between PASSIVE WAL checkpoints
+PURGE_INTERVAL: Final = 60.0  # seconds between purges of expired results
+_BUSY_TIMEOUT_MS: Final = 200  # the checkpointer or a CLI reader may hold a lock briefly
+_FILE_MODE: Final = 0o600
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS jobs (
+    task BLOB NOT NULL,
+    job_id BLOB NOT NULL,
+    state TEXT NOT NULL,
+    token TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    started REAL NOT NULL,
+    renewed REAL NOT NULL,
+    finished REAL,
+    callback_url TEXT,
+    last_step TEXT NOT NULL DEFAULT '',
+    stop INTEGER NOT NULL DEFAULT 0,
+    trace TEXT,
+    webhook_id TEXT,
+    body BLOB,
+    delivery TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (task, job_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_id ON jobs (job_id, finished);
+CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (task, finished);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS instances (
+    token TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    pid INTEGER,
+    last_seen REAL NOT NULL
+);
+"""
+
+_COLUMNS: Final = (
+    "task, job_id, state, token, instance, started, renewed, finished, callback_url, "
+    "last_step, stop, trace, webhook_id, body, delivery, attempts"
+)
+
+
+def _key(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _unkey(blob: bytes) -> str:
+    return bytes(blob).decode("utf-8", "surrogatepass")
+
+
+def _text(text: str) -> str:
+    """``text`` as funtask's JSON writes it: a lone surrogate becomes its escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _job(row: Sequence[Any]) -> StoredJob:
+    (
+        task,
+        job_id,
+        state,
+        token,
+        instance,
+        started,
+        renewed,
+        finished,
+        callback_url,
+        last_step,
+        stop,
+        trace,
+        webhook_id,
+        body,
+        delivery,
+        attempts,
+    ) = row
+    task_name, job = _unkey(task), _unkey(job_id)
+    result = None
+    if body is not None and finished is not None:
+        result = restore_finished_job(task_name, job, bytes(body), finished)
+    return StoredJob(
+        task_name,
+        job,
+        state,
+        token,
+        instance,
+        started,
+        renewed,
+        callback_url=callback_url,
+        last_step=last_step,
+        stop=bool(stop),
+        trace=trace,
+        webhook_id=webhook_id,
+        result=result,
+        delivery=delivery,
+        attempts=attempts,
+    )
+
+
+def create_database_file(path: str) -> None:
+    """Create ``path`` with mode 0600 if it does not exist (before SQLite opens it)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def connect(path: str, *, create: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode with funtask's pragmas (WAL, synchronous=NORMAL)."""
+    if create:
+        create_database_file(path)
+    uri = f"file:{quote(path)}?mode={'rw' if create else 'ro'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    if create:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    return conn
+
+
+class SQLiteStore(Store):
+    """Job records in one SQLite file owned by this process."""
+
+    kind = "sqlite"
+    persistent = True
+
+    def __init__(self, url: StoreURL, **options: Any) -> None:
+        super().__init__(url, **options)
+        assert url.path is not None
+        self.path = url.path
+        self._conn: sqlite3.Connection | None = None
+        self._version = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        with self.bounded("open"):
+            try:
+                conn = connect(self.path, create=True)
+                conn.executescript(_SCHEMA)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(self.display, str(exc)) from exc
+            self._conn = conn
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("DELETE FROM instances WHERE token = ?", (self.token,))
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            logger.warning("sqlite store %s: could not close cleanly", self.path, exc_info=True)
+        finally:
+            conn.close()
+
+    async def check(self) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            return False
+        return True
+
+    async def reopen(self) -> None:
+        """Close the connection and open a new one (after an outage)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        await self.open()
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE … COMMIT``, bounded; any SQLite error is an outage."""
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable(self.display, "the store is not open")
+        with self.bounded(what):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as exc:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise StoreUnavailable(self.display, f"{what}: {exc}") from exc
+
+    def _read(self, what: str, sql: str, args: Sequence[Any]) -> list[Any]:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable(self.display, "the store is not open")
+        with self.bounded(what):
+            try:
+                return conn.execute(sql, args).fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(self.display, f"{what}: {exc}") from exc
+
+    def _expired_before(self, now: float) -> float:
+        return -1.0 if self.result_ttl is None else now - self.result_ttl
+
+    # -- one job -------------------------------------------------------------
+
+    async def claim(
+        self, task: str, job_id: str, *, callback_url: str | None, trace: str | None = None
+    ) -> Claim:
+        key = (_key(task), _key(job_id))
+        with self._transaction("claim") as conn:
+            now = time.time()
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
+            ).fetchone()
+            if row is not None:
+                job = _job(row)
+                expired = (
+                    job.state == "done"
+                    and job.result is not None
+                    and job.result.finished_at < self._expired_before(now)
+                )
+                if not expired:
+                    if job.finished:
+                        return Claim("stored", job)
+                    return Claim("claimed" if job.token == self.token else "running", job)
+                conn.execute("DELETE FROM jobs WHERE task = ? AND job_id = ?", key)
+            conn.execute(
+                "INSERT INTO jobs (task, job_id, state, token, instance, started, renewed, "
+                "callback_url, trace) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (*key, self.token, _text(self.instance), now, now, callback_url, trace),
+            )
+        self._version += 1
+        return Claim(
+            "claimed",
+            StoredJob(
+                task,
+                job_id,
+                "running",
+                self.token,
+                self.instance,
+                now,
+                now,
+                callback_url=callback_url,
+                trace=trace,
+            ),
+        )
+
+    async def release(self, task: str, job_id: str) -> None:
+        with self._transaction("release") as conn:
+            conn.execute(
+                "DELETE FROM jobs WHERE task = ? AND job_id = ? AND token = ? "
+                "AND state = 'running'",
+                (_key(task), _key(job_id), self.token),
+            )
+
+    async def settle(
+        self,
+        task: str,
+        job_id: str,
+        result: FinishedJob,
+        *,
+        webhook_id: str,
+        delivering: bool,
+        token: str | None = None,
+    ) -> Settled:
+        token = self.token if token is None else token
+        key = (_key(task), _key(job_id))
+        state: JobState = "delivering" if delivering else "done"
+        with self._transaction("settle") as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
+            ).fetchone()
+            if row is None:
+                return Settled("superseded", None)
+            current = _job(row)
+            if current.token != token:
+                return Settled("superseded", current)
+            if current.state != "running":
+                if current.result is not None and current.result.body == result.body:
+                    return Settled("ok", current)
+                return Settled("superseded", current)
+            conn.execute(
+                "UPDATE jobs SET state = ?, token = ?, instance = ?, finished = ?, body = ?, "
+                "webhook_id = ?, delivery = ?, last_step = ? WHERE task = ? AND job_id = ?",
+                (
+                    state,
+                    self.token,
+                    _text(self.instance),
+                    result.finished_at,
+                    result.body,
+                    webhook_id,
+                    None if delivering else "none",
+                    _text(result.result.last_step or current.last_step),
+                    *key,
+                ),
+            )
+        self._version += 1
+        return Settled(
+            "ok",
+            StoredJob(
+                task,
+                job_id,
+                state,
+                self.token,
+                self.instance,
+                current.started,
+                current.renewed,
+                callback_url=current.callback_url,
+                last_step=current.last_step,
+                stop=current.stop,
+                trace=current.trace,
+                webhook_id=webhook_id,
+                result=result,
+                delivery=None if delivering else "none",
+            ),
+        )
+
+    async def delivered(
+        self, task: str, job_id: str, *, outcome: DeliveryOutcome, attempts: int
+    ) -> None:
+        with self._transaction("delivered") as conn:
+            conn.execute(
+                "UPDATE jobs SET state = 'done', delivery = ?, attempts = ? "
+                "WHERE task = ? AND job_id = ? AND token = ? AND state = 'delivering'",
+                (outcome, attempts, _key(task), _key(job_id), self.token),
+            )
+        self._version += 1
+
+    async def find(self, task: str, job_id: str) -> StoredJob | None:
+        rows = self._read(
+            "find",
+            f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?",
+            (_key(task), _key(job_id)),
+        )
+        return _job(rows[0]) if rows else None
+
+    async def lookup(self, job_id: str) -> StoredJob | None:
+        rows = self._read(
+            "lookup",
+            f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ? AND state != 'running' "
+            "AND finished >= ? ORDER BY finished DESC LIMIT 1",
+            (_key(job_id), self._expired_before(time.time())),
+        )
+        return _job(rows[0]) if rows else None
+
+    async def history(self, task: str, limit: int) -> list[FinishedJob]:
+        rows = self._read(
+            "history",
+            f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND state != 'running' "
+            "AND finished >= ? ORDER BY finished DESC LIMIT ?",
+            (_key(task), self._expired_before(time.time()), limit),
+        )
+        return [job.result for job in map(_job, rows) if job.result is not None]
+
+    async def request_stop(self, task: str, job_id: str | None) -> list[StoredJob]:
+        with self._transaction("request_stop") as conn:
+            if job_id is not None:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ? "
+                    "AND state != 'done'",
+                    (_key(task), _key(job_id)),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND state != 'done'",
+                    (_key(task),),
+                ).fetchall()
+            jobs = [_job(row) for row in rows]
+            if len(jobs) != 1:
+                return jobs
+            conn.execute(
+                "UPDATE jobs SET stop = 1 WHERE task = ? AND job_id = ?",
+                (_key(task), _key(jobs[0].job_id)),
+            )
+        self._version += 1
+        job = jobs[0]
+        return [
+            StoredJob(
+                job.task,
+                job.job_id,
+                job.state,
+                job.token,
+                job.instance,
+                job.started,
+                job.renewed,
+                callback_url=job.callback_url,
+                last_step=job.last_step,
+                stop=True,
+                trace=job.trace,
+                webhook_id=job.webhook_id,
+                result=job.result,
+                delivery=job.delivery,
+                attempts=job.attempts,
+            )
+        ]
+
+    # -- this process --------------------------------------------------------
+
+    async def heartbeat(self, jobs: Sequence[HeldJob]) -> Heartbeat:
+        stop: set[tuple[str, str]] = set()
+        lost: set[tuple[str, str]] = set()
+        with self._transaction("heartbeat") as conn:
+            now = time.time()
+            for held in jobs:
+                key = (_key(held.task), _key(held.job_id))
+                cursor = conn.execute(
+                    "UPDATE jobs SET renewed = ?, last_step = ? "
+                    "WHERE task = ? AND job_id = ? AND token = ? AND state != 'done'",
+                    (now, _text(held.last_step), *key, self.token),
+                )
+                if cursor.rowcount == 0:
+                    lost.add((held.task, held.job_id))
+                    continue
+                flag = conn.execute(
+                    "SELECT stop FROM jobs WHERE task = ? AND job_id = ?", key
+                ).fetchone()
+                if flag is not None and flag[0]:
+                    stop.add((held.task, held.job_id))
+            conn.execute(
+                "INSERT INTO instances (token, instance, pid, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (token) DO UPDATE SET last_seen = excluded.last_seen",
+                (self.token, _text(self.instance), os.getpid(), now),
+            )
+        return Heartbeat(self._version, frozenset(stop), frozenset(lost))
+
+    async def recover(self) -> list[StoredJob]:
+        recovered: list[StoredJob] = []
+        with self._transaction("recover") as conn:
+            now = time.time()
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE state != 'done' AND token != ?",
+                (self.token,),
+            ).fetchall()
+            for job in map(_job, rows):
+                key = (_key(job.task), _key(job.job_id))
+                if job.state == "running":
+                    result = worker_lost_result(job, now)
+                    delivering = job.callback_url is not None
+                    webhook_id = new_webhook_id()
+                    delivery: DeliveryOutcome | None = None if delivering else "unsent"
+                    state: JobState = "delivering" if delivering else "done"
+                    conn.execute(
+                        "UPDATE jobs SET state = ?, token = ?, instance = ?, finished = ?, "
+                        "body = ?, webhook_id = ?, delivery = ? WHERE task = ? AND job_id = ?",
+                        (
+                            state,
+                            self.token,
+                            _text(self.instance),
+                            now,
+                            result.body,
+                            webhook_id,
+                            delivery,
+                            *key,
+                        ),
+                    )
+                    recovered.append(
+                        StoredJob(
+                            job.task,
+                            job.job_id,
+                            state,
+                            self.token,
+                            self.instance,
+                            job.started,
+                            job.renewed,
+                            callback_url=job.callback_url,
+                            last_step=job.last_step,
+                            trace=job.trace,
+                            webhook_id=webhook_id,
+                            result=result,
+                            delivery=delivery,
+                        )
+                    )
+                else:
+                    webhook_id = job.webhook_id or new_webhook_id()
+                    conn.execute(
+                        "UPDATE jobs SET token = ?, instance = ?, webhook_id = ? "
+                        "WHERE task = ? AND job_id = ?",
+                        (self.token, _text(self.instance), webhook_id, *key),
+                    )
+                    recovered.append(
+                        StoredJob(
+                            job.task,
+                            job.job_id,
+                            job.state,
+                            self.token,
+                            self.instance,
+                            job.started,
+                            job.renewed,
+                            callback_url=job.callback_url,
+                            last_step=job.last_step,
+                            trace=job.trace,
+                            webhook_id=webhook_id,
+                            result=job.result,
+                            attempts=job.attempts,
+                        )
+                    )
+            conn.execute("DELETE FROM instances WHERE token != ?", (self.token,))
+        if recovered:
+            self._version += 1
+        return recovered
+
+    async def purge(self) -> int:
+        if self.result_ttl is None:
+            return 0
+        with self._transaction("purge") as conn:
+            cursor = conn.execute(
+                "DELETE FROM jobs WHERE state = 'done' AND finished < ?",
+                (self._expired_before(time.time()),),
+            )
+            return cursor.rowcount
+
+    async def status(self) -> StoreStatus:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable(self.display, "the store is not open")
+        with self.bounded("status"):
+            try:
+                return read_status(conn, self.display, self._expired_before(time.time()))
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(self.display, f"status: {exc}") from exc
+
+    async def checkpoint(self) -> None:
+        """A PASSIVE WAL checkpoint in a worker thread, on a connection of its own."""
+        await run_in_thread(_checkpoint, self.path)
+
+
+def _checkpoint(path: str) -> None:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error:
+        logger.warning("sqlite store %s: cannot open for a checkpoint", path, exc_info=True)
+        return
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error:
+        logger.warning("sqlite store %s: checkpoint failed", path, exc_info=True)
+    finally:
+        conn.close()
+
+
+def read_status(conn: sqlite3.Connection, display: str, expired_before: float) -> StoreStatus:
+    """What ``store status`` shows, read on ``conn`` (read-only use)."""
+    instances = tuple(
+        InstanceInfo(instance, last_seen, pid)
+        for instance, pid, last_seen in conn.execute(
+            "SELECT instance, pid, last_seen FROM instances ORDER BY last_seen DESC"
+        )
+    )
+    running = tuple(
+        _job(row)
+        for row in conn.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state != 'done' ORDER BY started"
+        ).fetchall()
+    )
+    results = {
+        _unkey(task): count
+        for task, count in conn.execute(
+            "SELECT task, COUNT(*) FROM jobs WHERE state != 'running' AND finished >= ? "
+            "GROUP BY task ORDER BY task",
+            (expired_before,),
+        )
+    }
+    return StoreStatus(display, instances, running, results)
