@@ -22,6 +22,7 @@ __all__ = [
     "CLAIM",
     "DELIVERED",
     "HEARTBEAT",
+    "LENGTHS",
     "LIVE",
     "READ",
     "RELEASE",
@@ -35,6 +36,20 @@ __all__ = [
 _NOW: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Point T:latest:<jobId> (value '<finished ms>|<task>') at this result unless a newer
+# one of another task is there; it expires with the result (finished + result_ttl).
+_LATEST: Final = """
+local function set_latest(key, finished, task, ttl)
+  local old = redis.call('GET', key)
+  if old then
+    local sep = string.find(old, '|', 1, true)
+    if sep and tonumber(string.sub(old, 1, sep - 1)) > finished then return end
+  end
+  redis.call('SET', key, string.format('%d', finished) .. '|' .. task,
+    'PXAT', string.format('%d', finished + ttl))
+end
 """
 
 # KEYS: job, leases, version
@@ -74,13 +89,15 @@ redis.call('INCR', KEYS[3])
 return 1
 """
 
-# KEYS: job, leases, version, latest, history
+# KEYS: job, leases, version, latest, history, tasks
 # ARGV: token, instance, lease member, target state ('delivering' | 'done'), body,
-#       webhook-id, finished ms (0: now), result ttl ms, history length, task, jobId,
-#       lease ms, callback, delivery outcome, attempts
+#       webhook-id, finished ms (0: now; the result expires result_ttl after it),
+#       result ttl ms, history length, task, jobId, lease ms, callback, delivery
+#       outcome, attempts
 # -> {'ok', now} | {'superseded', now, <HGETALL of the record>...}
 SETTLE: Final = (
     _NOW
+    + _LATEST
     + """
 local rec = redis.call('HMGET', KEYS[1], 'state', 'token', 'body')
 local target = ARGV[4]
@@ -104,7 +121,8 @@ if first then
   redis.call('HSET', KEYS[1], 'task', ARGV[10], 'job', ARGV[11], 'token', ARGV[1],
     'instance', ARGV[2], 'body', ARGV[5], 'whid', ARGV[6], 'finished', finished,
     'cb', ARGV[13])
-  redis.call('SET', KEYS[4], ARGV[10], 'PX', ARGV[8])
+  set_latest(KEYS[4], finished, ARGV[10], tonumber(ARGV[8]))
+  redis.call('SADD', KEYS[6], ARGV[10])
   redis.call('LREM', KEYS[5], 0, ARGV[11])
   redis.call('LPUSH', KEYS[5], ARGV[11])
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[9]) - 1)
@@ -112,7 +130,8 @@ end
 redis.call('HSET', KEYS[1], 'state', target)
 if target == 'done' then
   redis.call('HSET', KEYS[1], 'delivery', ARGV[14], 'attempts', ARGV[15])
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  finished = tonumber(redis.call('HGET', KEYS[1], 'finished')) or now
+  redis.call('PEXPIREAT', KEYS[1], string.format('%d', finished + tonumber(ARGV[8])))
   redis.call('ZREM', KEYS[2], ARGV[3])
 else
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[12]), ARGV[3])
@@ -163,6 +182,7 @@ return out
 # -> 1 if written back, 0 if a record exists (then it is left alone)
 RESTORE: Final = (
     _NOW
+    + _LATEST
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = {}
@@ -171,7 +191,8 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('HSET', KEYS[1], 'renewed', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
-  redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[3])
+  local finished = tonumber(redis.call('HGET', KEYS[1], 'finished')) or now
+  set_latest(KEYS[4], finished, ARGV[5], tonumber(ARGV[3]))
   redis.call('LREM', KEYS[5], 0, ARGV[6])
   redis.call('LPUSH', KEYS[5], ARGV[6])
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[4]) - 1)
@@ -213,7 +234,7 @@ for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
-# KEYS: job, leases, version, latest, history
+# KEYS: job, leases, version, latest, history, tasks
 # ARGV: expected token, new token, instance, lease member, lease ms, body (empty:
 #       the record is delivering and keeps its result), webhook-id, result ttl ms,
 #       history length, task, jobId
@@ -221,6 +242,7 @@ return out
 #    | {'gone'} (no record: its lease entry is dropped)
 TAKE_OVER: Final = (
     _NOW
+    + _LATEST
     + """
 local deadline = redis.call('ZSCORE', KEYS[2], ARGV[4])
 if not deadline or tonumber(deadline) > now then return {'skip'} end
@@ -233,7 +255,8 @@ if rec[2] ~= ARGV[1] or (rec[1] == 'running' and ARGV[6] == '') then return {'sk
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'instance', ARGV[3])
 if rec[1] == 'running' then
   redis.call('HSET', KEYS[1], 'body', ARGV[6], 'whid', ARGV[7], 'finished', now)
-  redis.call('SET', KEYS[4], ARGV[10], 'PX', ARGV[8])
+  set_latest(KEYS[4], now, ARGV[10], tonumber(ARGV[8]))
+  redis.call('SADD', KEYS[6], ARGV[10])
   redis.call('LREM', KEYS[5], 0, ARGV[11])
   redis.call('LPUSH', KEYS[5], ARGV[11])
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[9]) - 1)
@@ -241,7 +264,7 @@ if rec[1] == 'running' then
     redis.call('HSET', KEYS[1], 'state', 'delivering')
   else
     redis.call('HSET', KEYS[1], 'state', 'done', 'delivery', 'unsent', 'attempts', 0)
-    redis.call('PEXPIRE', KEYS[1], ARGV[8])
+    redis.call('PEXPIREAT', KEYS[1], string.format('%d', now + tonumber(ARGV[8])))
   end
 end
 if redis.call('HGET', KEYS[1], 'state') == 'done' then
@@ -275,8 +298,17 @@ if rec[2] ~= ARGV[1] then return 0 end
 if rec[1] == 'done' then return 1 end
 if rec[1] ~= 'delivering' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'delivery', ARGV[3], 'attempts', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local t = redis.call('TIME')
+local finished = tonumber(redis.call('HGET', KEYS[1], 'finished')) or tonumber(t[1]) * 1000
+redis.call('PEXPIREAT', KEYS[1], string.format('%d', finished + tonumber(ARGV[5])))
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('INCR', KEYS[3])
 return 1
+"""
+
+# KEYS: history lists -> their lengths
+LENGTHS: Final = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('LLEN', KEYS[i]) end
+return out
 """

@@ -89,6 +89,7 @@ _SCRIPTS: Final = {
         "READ",
         "TAKE_OVER",
         "STOP",
+        "LENGTHS",
     )
 }
 
@@ -139,6 +140,22 @@ def _is_outage(error: BaseException) -> bool:
     return isinstance(error, (coredis.exceptions.RedisError, OSError))
 
 
+def _encode(value: Any) -> bytes:
+    """Text as Redis stores it: UTF-8, a lone surrogate kept (``surrogatepass``), reversibly."""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", "surrogatepass")
+
+
+def _decode(value: Any) -> Any:
+    """The inverse of :func:`_encode`, through nested replies (numbers stay numbers)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    if isinstance(value, (list, tuple)):
+        return [_decode(item) for item in value]
+    return value
+
+
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
@@ -181,7 +198,7 @@ class RedisStore(Store):
         self._leases = tag + ":leases"
         self._instances = tag + ":instances"
         self._version = tag + ":version"
-        self._member = f"{self.token}|{instance}"
+        self._tasks = tag + ":tasks"
         self._ttl_ms = _ms(result_ttl)
         self._lease_ms = _ms(store_lease)
         self._client: Any = None
@@ -194,6 +211,11 @@ class RedisStore(Store):
         self._mine: dict[tuple[str, str], dict[str, str]] = {}
 
     # -- keys ----------------------------------------------------------------
+
+    @property
+    def _member(self) -> str:
+        """This process's member of ``T:instances``: ``<token>|<instance>``."""
+        return f"{self.token}|{self.instance}"
 
     def _job_key(self, task: str, job_id: str) -> str:
         return f"{self._prefix}job:{task}:{job_id}"
@@ -246,7 +268,7 @@ class RedisStore(Store):
             self._available = False
 
     async def _remove_instance(self, client: Any) -> None:
-        await client.zrem(self._instances, [self._member])
+        await client.zrem(_encode(self._instances), [_encode(self._member)])
 
     def _new_client(self) -> Any:
         url = self.url
@@ -260,7 +282,7 @@ class RedisStore(Store):
             "password": url.password,
             "stream_timeout": self.store_timeout,
             "connect_timeout": self.store_timeout,
-            "decode_responses": True,
+            "decode_responses": False,  # text goes both ways through _encode / _decode
             "retry_policy": NoRetryPolicy(),
         }
         if context is not None:
@@ -377,7 +399,9 @@ class RedisStore(Store):
                 self.display,
             )
             return
-        policy = config.get("maxmemory-policy") if isinstance(config, dict) else None
+        policy = None
+        if isinstance(config, dict):
+            policy = _decode(config.get(b"maxmemory-policy", config.get("maxmemory-policy")))
         if policy is not None and policy != "noeviction":
             logger.warning(
                 "store %s has maxmemory-policy %s; funtask needs noeviction "
@@ -438,16 +462,18 @@ class RedisStore(Store):
         script = _SCRIPTS[name]
 
         async def run(client: Any) -> Any:
-            return await script(keys, args, client=client)
+            return await script(
+                [_encode(key) for key in keys], [_encode(arg) for arg in args], client=client
+            )
 
-        return await self._call(operation, run)
+        return _decode(await self._call(operation, run))
 
     def _record(self, fields: dict[str, str]) -> StoredJob | None:
         state = fields.get("state")
         if state not in _STATES:
             return None
         task, job_id = fields.get("task", ""), fields.get("job", "")
-        finished = int(fields.get("finished") or 0) / 1000
+        finished = float(fields.get("finished") or 0) / 1000
         result: FinishedJob | None = None
         body = fields.get("body")
         if state != "running" and body:
@@ -459,8 +485,8 @@ class RedisStore(Store):
             state=state,  # type: ignore[arg-type]
             token=fields.get("token", ""),
             instance=fields.get("instance", ""),
-            started=int(fields.get("started") or fields.get("finished") or 0) / 1000,
-            renewed=int(fields.get("renewed") or fields.get("started") or 0) / 1000,
+            started=float(fields.get("started") or fields.get("finished") or 0) / 1000,
+            renewed=float(fields.get("renewed") or fields.get("started") or 0) / 1000,
             callback_url=fields.get("cb") or None,
             last_step=fields.get("step", ""),
             stop=fields.get("stop") == "1",
@@ -541,7 +567,7 @@ class RedisStore(Store):
         token: str | None = None,
     ) -> Settled:
         """Store ``result`` by compare-and-set on the owner token (see :class:`Store`)."""
-        body = result.body.decode()
+        body = result.body
         state: JobState = "delivering" if delivering else "done"
         mine = self._mine.get((task, job_id), {})
         answer = await self._script(
@@ -553,6 +579,7 @@ class RedisStore(Store):
                 self._version,
                 self._latest_key(job_id),
                 self._history_key(task),
+                self._tasks,
             ],
             [
                 token or self.token,
@@ -561,7 +588,7 @@ class RedisStore(Store):
                 state,
                 body,
                 webhook_id,
-                0,
+                f"{result.finished_at * 1000:.3f}",  # ms, to the microsecond
                 self._ttl_ms,
                 max(1, self.history_limit(task)),
                 task,
@@ -580,9 +607,9 @@ class RedisStore(Store):
                 state=state,
                 token=token or self.token,
                 instance=self.instance,
-                body=body,
+                body=body.decode(),
                 whid=webhook_id,
-                finished=str(answer[1]),
+                finished=f"{result.finished_at * 1000:.3f}",
             )
             fields.setdefault("started", str(answer[1]))
             if delivering:
@@ -614,12 +641,13 @@ class RedisStore(Store):
         """The newest finished record with ``job_id`` (via ``T:latest:<jobId>``)."""
 
         async def get(client: Any) -> Any:
-            return await client.get(self._latest_key(job_id))
+            return await client.get(_encode(self._latest_key(job_id)))
 
-        task = await self._call("lookup", get)
-        if task is None:
+        latest = _decode(await self._call("lookup", get))
+        if latest is None:
             return None
-        job = await self.find(str(task), job_id)
+        _, _, task = latest.partition("|")  # <finished ms>|<task>
+        job = await self.find(task, job_id)
         return job if job is not None and job.finished else None
 
     async def history(self, task: str, limit: int) -> list[FinishedJob]:
@@ -628,9 +656,9 @@ class RedisStore(Store):
             return []
 
         async def lrange(client: Any) -> Any:
-            return await client.lrange(self._history_key(task), 0, limit - 1)
+            return await client.lrange(_encode(self._history_key(task)), 0, limit - 1)
 
-        job_ids = await self._call("history", lrange)
+        job_ids = _decode(await self._call("history", lrange))
         jobs = await self._read("history", [self._job_key(task, str(j)) for j in job_ids])
         return [job.result for job in jobs if job is not None and job.result is not None]
 
@@ -719,9 +747,9 @@ class RedisStore(Store):
         taken: list[StoredJob] = []
         for member, key, job in zip(members, keys, await self._read("sweep", keys), strict=True):
             task, _, job_id = member.partition(":")
-            body = ""
+            body = b""
             if job is not None and job.state == "running":
-                body = worker_lost_result(job, now).body.decode()
+                body = worker_lost_result(job, now).body
             answer = await self._script(
                 "sweep",
                 "TAKE_OVER",
@@ -731,6 +759,7 @@ class RedisStore(Store):
                     self._version,
                     self._latest_key(job_id),
                     self._history_key(task),
+                    self._tasks,
                 ],
                 [
                     job.token if job is not None else "",
@@ -791,4 +820,14 @@ class RedisStore(Store):
         _, leases, instances = await self._live("status")
         jobs = await self._read("status", [self._prefix + "job:" + m for m in leases])
         running = tuple(job for job in jobs if job is not None and job.state != "done")
-        return StoreStatus(store=self.display, instances=tuple(instances), running=running)
+
+        async def smembers(client: Any) -> Any:
+            return await client.smembers(_encode(self._tasks))
+
+        tasks = sorted(_decode(list(await self._call("status", smembers))))
+        keys = [self._history_key(task) for task in tasks]
+        lengths = await self._script("status", "LENGTHS", keys, []) if keys else []
+        results = {task: int(n) for task, n in zip(tasks, lengths, strict=True) if n}
+        return StoreStatus(
+            store=self.display, instances=tuple(instances), running=running, results=results
+        )
