@@ -3,6 +3,8 @@
 - ``python -m funtask serve module:server [--bind HOST:PORT]``: serve until SIGTERM.
 - ``python -m funtask dead-letters list DIR``: show what is waiting in a dead-letter dir.
 - ``python -m funtask dead-letters replay DIR (--to URL | --callback-from-file)``: redeliver.
+- ``python -m funtask store status --store URL [--name NAME]``: instances, running jobs
+  and stored results of a store.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="address to listen on, HOST:PORT (repeatable; default 127.0.0.1:8080)",
     )
     serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="where job state lives: memory, sqlite:PATH or redis://... (default $FUNTASK_STORE)",
+    )
+    serve.add_argument(
         "--log-format",
         choices=("text", "json"),
         default="text",
@@ -77,7 +84,43 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         metavar="VAR",
         help="sign with the Standard Webhooks secret in environment variable VAR",
     )
+    replay.add_argument(
+        "--include-superseded",
+        action="store_true",
+        help="also send letters whose job another process settled first",
+    )
+    store = commands.add_parser("store", help="inspect a result store")
+    store_actions = store.add_subparsers(dest="action", required=True)
+    status = store_actions.add_parser(
+        "status", help="list instances, running jobs and counts of stored results"
+    )
+    status.add_argument("--store", metavar="URL", help="the store URL (default $FUNTASK_STORE)")
+    status.add_argument(
+        "--name", help="the server name (a Redis pool is the server name plus the store)"
+    )
     return parser
+
+
+def _store_status(args: argparse.Namespace) -> int:
+    from ._stores.status import format_status, read_store_status
+    from ._stores.url import ENV_STORE, parse_store_url
+
+    value = args.store or os.environ.get(ENV_STORE)
+    if not value:
+        print(f"funtask: --store URL or ${ENV_STORE} required", file=sys.stderr)
+        return 2
+    try:
+        url = parse_store_url(value)
+    except ValueError as exc:
+        print(f"funtask: {exc}", file=sys.stderr)
+        return 2
+    try:
+        status = read_store_status(url, name=args.name)
+    except (ValueError, OSError) as exc:
+        print(f"funtask: {exc}", file=sys.stderr)
+        return 2
+    print(format_status(status))
+    return 0
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
@@ -103,6 +146,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
             to=args.to,
             timeout=args.timeout,
             signing_secret=secret,
+            include_superseded=args.include_superseded,
         )
     )
     for path in report.delivered:
@@ -139,7 +183,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "funtask") -> None:
     _configure_logging(level, getattr(args, "log_format", "text"))
     if args.command == "dead-letters":
         raise SystemExit(_dead_letters(args))
+    if args.command == "store":
+        raise SystemExit(_store_status(args))
     server = load_server(args.server)
+    if args.store is not None:
+        server.settings.store = args.store
     server.run(args.bind or ["127.0.0.1:8080"])
 
 
