@@ -30,6 +30,7 @@ from ._stores.base import (
     HeldJob,
     Store,
     StoredJob,
+    StoreStatus,
     StoreUnavailable,
     restore_finished_job,
 )
@@ -83,6 +84,7 @@ class StoreKeeper:
         self.back = trio.Event()
         self.back.set()
         self._seen_version = -1
+        self.pool_view: StoreStatus | None = None  # a pool's instances and running jobs
 
     @property
     def display(self) -> str:
@@ -343,9 +345,23 @@ class StoreKeeper:
                     job.cancel(REASON_LEASE_LOST)
                 elif key in beat.stop:
                     runtime.stop_job(job)
-            if beat.version != self._seen_version and getattr(self.store, "pool", False):
+            if self.store.pool:
+                await self._sweep()
+            if beat.version != self._seen_version and self.store.pool:
                 self._seen_version = beat.version
                 await self._refresh_views()
+
+    async def _sweep(self) -> None:
+        """A pool's sweeper (Redis): settle the jobs whose lease expired (rule 5)."""
+        if self.runtime.draining:  # rule 12: the sweeper stops when draining begins
+            return
+        try:
+            recovered = await self.store.recover()
+        except StoreUnavailable as exc:
+            self.lost(exc)
+            return
+        for job in recovered:
+            self._adopt(job)
 
     async def _refresh_views(self) -> None:
         runtime = self.runtime
@@ -354,6 +370,7 @@ class StoreKeeper:
                 records = await self.store.history(name, slot.history.maxlen or 1)
                 slot.history.clear()
                 slot.history.extend(records)
+            self.pool_view = await self.store.status()
         except StoreUnavailable as exc:
             self.lost(exc)
             return

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,18 @@ LIMIT = 60.0  # seconds; a safety net per test, never a wait for a state
 
 
 class Replica:
-    def __init__(self, name: str, env: dict[str, str], dead_letters: Path) -> None:
+    """One worker process of the pool; :meth:`start` again after a kill."""
+
+    def __init__(
+        self, name: str, env: dict[str, str], dead_letters: Path, nursery: trio.Nursery
+    ) -> None:
         self.name = name
         self.env = env
         self.dead_letters = dead_letters
+        self.nursery = nursery
         self.worker: WorkerProcess | None = None
-        self.stack: AsyncExitStack | None = None
+        self.quit = trio.Event()
+        self.done = trio.Event()
 
     @property
     def url(self) -> str:
@@ -44,19 +50,30 @@ class Replica:
         return self.worker.url
 
     async def start(self) -> None:
-        self.stack = AsyncExitStack()
-        self.worker = await self.stack.enter_async_context(
-            worker_process([sys.executable, "tests/pool_app.py", "127.0.0.1:0"], env=self.env)
-        )
+        """Start the process (in the pool's nursery); return once it serves."""
+        self.quit, self.done = trio.Event(), trio.Event()
+        await self.nursery.start(self._run)
+
+    async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            args = [sys.executable, "tests/pool_app.py", "127.0.0.1:0"]
+            async with worker_process(args, env=self.env) as worker:
+                self.worker = worker
+                task_status.started()
+                await self.quit.wait()
+        finally:
+            self.worker = None
+            self.done.set()
 
     def kill(self) -> None:
+        """``kill -9`` the process."""
         assert self.worker is not None
         self.worker.send(signal.SIGKILL)
 
     async def stop(self) -> None:
-        if self.stack is not None:
-            stack, self.stack = self.stack, None
-            await stack.aclose()
+        """Kill the process group (if still there) and wait until it is gone."""
+        self.quit.set()
+        await self.done.wait()
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=AUTH, timeout=LIMIT)
@@ -73,29 +90,29 @@ async def open_pool(
     callback_retries: int = 2,
 ) -> AsyncIterator[list[Replica]]:
     origin = receiver_url.rsplit("/", 1)[0]
-    pool = []
-    for index in range(replicas):
-        dead_letters = tmp_path / f"dead-letters-{index}"
-        dead_letters.mkdir()
-        env = worker_env(
-            FUNTASK_STORE=redis.url,
-            FUNTASK_AUTH_TOKEN=TOKEN,
-            FUNTASK_DEAD_LETTER_DIR=str(dead_letters),
-            POOL_APP_INSTANCE=f"replica-{index}",
-            POOL_APP_STORE_LEASE=str(store_lease),
-            POOL_APP_CALLBACK_ALLOWLIST=origin,
-            POOL_APP_CALLBACK_RETRIES=str(callback_retries),
-        )
-        pool.append(Replica(f"replica-{index}", env, dead_letters))
-    try:
-        async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
+        pool = []
+        for index in range(replicas):
+            dead_letters = tmp_path / f"dead-letters-{index}"
+            dead_letters.mkdir()
+            env = worker_env(
+                FUNTASK_STORE=redis.url,
+                FUNTASK_AUTH_TOKEN=TOKEN,
+                FUNTASK_DEAD_LETTER_DIR=str(dead_letters),
+                POOL_APP_INSTANCE=f"replica-{index}",
+                POOL_APP_STORE_LEASE=str(store_lease),
+                POOL_APP_CALLBACK_ALLOWLIST=origin,
+                POOL_APP_CALLBACK_RETRIES=str(callback_retries),
+            )
+            pool.append(Replica(f"replica-{index}", env, dead_letters, nursery))
+        try:
+            async with trio.open_nursery() as starting:
+                for replica in pool:
+                    starting.start_soon(replica.start)
+            yield pool
+        finally:
             for replica in pool:
-                nursery.start_soon(replica.start)
-        yield pool
-    finally:
-        with trio.CancelScope(shield=True):
-            for replica in pool:
-                await replica.stop()
+                replica.quit.set()
 
 
 def payloads(receiver: CallbackReceiver) -> list[dict[str, Any]]:
@@ -163,9 +180,18 @@ async def test_stop_by_job_id_on_another_replica(
                 )
                 assert answer.status_code == 202
             async with second.client() as client:
-                await wait_for(
-                    lambda: _health_shows(client, "long"), 5, "the job in the pool view"
-                )
+                # Another replica's /health shows the job in the pool, with its instance.
+                await wait_for(lambda: _health_shows(client, "long"), 5, "the pool view")
+                health = (await client.get("/health")).json()
+                assert health["instance"] == "replica-1"
+                (running,) = health["pool"]["running"]
+                assert running["instance"] == "replica-0"
+                assert running["currentStep"] == "sleeping"
+                assert {i["instance"] for i in health["pool"]["instances"]} <= {
+                    "replica-0",
+                    "replica-1",
+                    "replica-2",
+                }
                 stopped = await client.post("/stop/slow", params={"jobId": "long"})
                 sent = time.monotonic()
                 assert stopped.status_code == 200, stopped.text
@@ -275,7 +301,7 @@ async def test_soak(redis_server: RedisServer, tmp_path: Path) -> None:
                 task = f"slow-{rng.randrange(10)}"
                 while True:
                     replica = rng.choice(pool)
-                    if replica.worker is None or replica.stack is None:
+                    if replica.worker is None:
                         await trio.sleep(0.05)
                         continue
                     try:

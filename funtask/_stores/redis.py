@@ -165,6 +165,7 @@ class RedisStore(Store):
 
     kind = "redis"
     persistent = True
+    pool = True
 
     def __init__(
         self,
