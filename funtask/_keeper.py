@@ -347,6 +347,7 @@ class StoreKeeper:
                     runtime.stop_job(job)
             if self.store.pool:
                 await self._sweep()
+                await self._refresh_pool()
             if beat.version != self._seen_version and self.store.pool:
                 self._seen_version = beat.version
                 await self._refresh_views()
@@ -363,6 +364,17 @@ class StoreKeeper:
         for job in recovered:
             self._adopt(job)
 
+    async def _refresh_pool(self) -> None:
+        """The pool view (instances, running jobs and their steps), at every heartbeat."""
+        try:
+            view = await self.store.status()
+        except StoreUnavailable as exc:
+            self.lost(exc)
+            return
+        if view != self.pool_view:
+            self.pool_view = view
+            self.runtime.notifier.bump()
+
     async def _refresh_views(self) -> None:
         runtime = self.runtime
         try:
@@ -370,7 +382,6 @@ class StoreKeeper:
                 records = await self.store.history(name, slot.history.maxlen or 1)
                 slot.history.clear()
                 slot.history.extend(records)
-            self.pool_view = await self.store.status()
         except StoreUnavailable as exc:
             self.lost(exc)
             return

@@ -202,8 +202,12 @@ async def test_stop_by_job_id_on_another_replica(
 
 
 async def _health_shows(client: httpx.AsyncClient, job_id: str) -> bool:
+    """Whether ``/health`` shows the job running in the pool, with its step."""
     health = (await client.get("/health")).json()
-    return any(job["jobId"] == job_id for job in health.get("pool", {}).get("running", []))
+    return any(
+        job["jobId"] == job_id and "currentStep" in job
+        for job in health.get("pool", {}).get("running", [])
+    )
 
 
 async def test_kill_9_is_settled_as_worker_lost(redis_server: RedisServer, tmp_path: Path) -> None:
