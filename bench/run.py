@@ -4,6 +4,7 @@
     python bench/run.py --quick              # every case, shorter (~1.5 minutes), prints only
     python bench/run.py --case overhead --case memory [--output FILE]
     python bench/run.py --case metrics --baseline DIR   # DIR: a checkout of another commit
+    python bench/run.py --case store --baseline DIR     # memory vs SQLite store (vs DIR)
     python bench/run.py --case redis         # memory vs Redis store (needs redis-server)
 
 Every server runs as its own process on loopback under the same hypercorn
@@ -50,7 +51,17 @@ from bench.lean import Connection, request_once  # noqa: E402
 
 BENCH = REPO / "bench"
 HOST = "127.0.0.1"
-CASES = ("overhead", "metrics", "redis", "progress", "health", "fanout", "memory", "async")
+CASES = (
+    "overhead",
+    "metrics",
+    "store",
+    "redis",
+    "progress",
+    "health",
+    "fanout",
+    "memory",
+    "async",
+)
 PACKAGES = ("funtask", "trio", "hypercorn", "quart", "quart-trio", "werkzeug", "h11", "httpx")
 WRK_THREADS = 2
 WRK_CONNECTIONS = 16
@@ -737,7 +748,58 @@ def case_metrics(h: Harness) -> dict[str, Any]:
     return summary
 
 
-# -- case 1c: the Redis store ------------------------------------------------------------------
+# -- case 1c: the cost of a store ----------------------------------------------------------
+
+
+def case_store(h: Harness) -> dict[str, Any]:
+    """Trivial sync ``/run``: the memory store (default) vs the SQLite store, interleaved.
+
+    With ``--baseline DIR`` the memory server of another checkout (the commit before
+    stores existed) runs in the same rounds, to show the memory store's cost.
+    """
+    database = Path(tempfile.mkdtemp(prefix="funtask-bench-store-", dir=REPO / "bench"))
+    h.scratch.append(database)
+    apps = [("memory", "memory store (default)", REPO, "memory")]
+    apps.append(("sqlite", "SQLite store (WAL, synchronous=NORMAL)", REPO, ""))
+    if h.baseline is not None:
+        apps.append(("base", f"baseline {baseline_label(h.baseline)}", h.baseline, "memory"))
+    post = {
+        "script": "post.lua",
+        "script_args": (str(WRK_CONNECTIONS // WRK_THREADS), h.token),
+    }
+    cpu = max(os.sched_getaffinity(0)) if shutil.which("taskset") else None
+    targets = []
+    for key, label, root, store in apps:
+        env = {"PYTHONHASHSEED": "0", "FUNTASK_STORE": store or f"sqlite://{database}/jobs.db"}
+        server = h.start_server("overhead", root=root, cpu=cpu, env=env)
+        assert server.port is not None
+        status, body = call(
+            server.port, "POST", "/run/greet3", h.token, {"params": {"name": "g3"}}
+        )
+        if status != 200 or body.get("message") != "Hello, g3!":
+            raise RuntimeError(f"{label}: unexpected answer {status} {body!r}")
+        health = get_json(server.port, "/health", h.token)
+        if ("store" in health) != (key == "sqlite"):
+            raise RuntimeError(f"{label}: /health store field {health.get('store')!r}")
+        url = f"http://{HOST}:{server.port}"
+        targets.append(Target(key, label, url, server.worker_pid(), post))
+    summary: dict[str, Any] = interleaved(
+        h, "store", targets, h.settings.rounds, h.settings.warmup
+    )
+    for service in list(h.services):
+        h.stop(service)
+    summary["keys"] = [key for key, *_ in apps]
+    summary["ratio_rps"] = summary["sqlite"]["rps"] / summary["memory"]["rps"]
+    summary["ratio_cpu"] = summary["sqlite"]["cpu_us"] / summary["memory"]["cpu_us"]
+    summary["round_ratios"] = round_ratios(summary, "sqlite", "memory")
+    if "base" in summary:
+        summary["memory_vs_base_rps"] = summary["memory"]["rps"] / summary["base"]["rps"]
+        summary["memory_vs_base_cpu"] = summary["memory"]["cpu_us"] / summary["base"]["cpu_us"]
+        summary["round_ratios_base"] = round_ratios(summary, "memory", "base")
+    return summary
+
+
+# -- case 1d: the Redis store ------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -1614,6 +1676,46 @@ def report_fanout(r: Report, data: dict[str, Any]) -> None:
     )
 
 
+def report_store(r: Report, data: dict[str, Any]) -> None:
+    r.add(
+        "## 1c. The cost of a store: trivial sync `/run`, memory vs SQLite",
+        "",
+        "The `overhead` server (16 `greet` tasks) with `FUNTASK_STORE=memory` and with "
+        "`FUNTASK_STORE=sqlite://…` (a file on the same ext4 disk as the repository), "
+        "every server pinned to the same CPU with the same hash seed, rounds interleaved "
+        "and rotated. With the SQLite store every `/run` makes two inline write "
+        "transactions (claim, settle) and one for the delivery outcome.",
+        "",
+        "| server | requests/s | p50 | p99 | server CPU/request |",
+        "|---|---:|---:|---:|---:|",
+    )
+    for key in data["keys"]:
+        row = data[key]
+        r.add(
+            f"| {row['label']} | {row['rps']:,.0f} | {row['p50_ms']:.2f} ms | "
+            f"{row['p99_ms']:.2f} ms | {row['cpu_us']:,.0f} µs |"
+        )
+    rounds = data["round_ratios"]
+    r.add(
+        "",
+        f"- SQLite / memory: requests/s **{data['ratio_rps']:.1%}**, CPU per request "
+        f"{data['ratio_cpu']:.2f}x; per round {min(rounds):.1%} … {max(rounds):.1%}",
+    )
+    if "memory_vs_base_rps" in data:
+        base_rounds = data["round_ratios_base"]
+        r.add(
+            f"- memory store / baseline: requests/s **{data['memory_vs_base_rps']:.1%}**, "
+            f"CPU per request {data['memory_vs_base_cpu']:.2f}x; per round "
+            f"{min(base_rounds):.1%} … {max(base_rounds):.1%}",
+        )
+    r.add("")
+    r.target(
+        "store: SQLite `/run` ≥ 85 % of memory's requests/s",
+        f"{data['ratio_rps']:.1%}",
+        data["ratio_rps"] >= 0.85,
+    )
+
+
 def report_memory(r: Report, data: dict[str, Any]) -> None:
     r.add(
         "## 5. Memory: RSS of the worker over many trivial jobs",
@@ -1671,7 +1773,7 @@ def report_async(r: Report, data: dict[str, Any]) -> None:
 
 def report_redis(r: Report, data: dict[str, Any], s: Settings) -> None:
     r.add(
-        "## 1c. The Redis store: trivial sync `/run`, memory vs Redis (loopback)",
+        "## 1d. The Redis store: trivial sync `/run`, memory vs Redis (loopback)",
         "",
         "The server of case 1 (`bench.apps:overhead`) twice: with the memory store (the "
         "default) and with `FUNTASK_STORE=redis://127.0.0.1:PORT`, a `redis-server` of the "
@@ -1712,6 +1814,7 @@ def report_redis(r: Report, data: dict[str, Any], s: Settings) -> None:
 REPORTERS: dict[str, Callable[..., None]] = {
     "overhead": report_overhead,
     "metrics": report_metrics,
+    "store": report_store,
     "redis": report_redis,
     "progress": report_progress,
     "health": report_health,
@@ -1837,6 +1940,7 @@ def main(argv: list[str] | None = None) -> None:
     runners = {
         "overhead": case_overhead,
         "metrics": case_metrics,
+        "store": case_store,
         "redis": case_redis,
         "progress": case_progress,
         "health": case_health,

@@ -21,12 +21,16 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
+from types import TracebackType
 from typing import Any, Final
 from urllib.parse import quote
 
-from .._threads import run_in_thread
+import trio
+import trio.testing
+
+from .._threads import hold_mock_clock, run_in_thread
 from .._wire import FinishedJob
 from .base import (
     Claim,
@@ -75,9 +79,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (task, job_id)
 );
-CREATE INDEX IF NOT EXISTS jobs_by_id ON jobs (job_id, finished);
-CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (task, finished);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_by_id ON jobs (job_id, finished) WHERE finished IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (task, finished) WHERE finished IS NOT NULL;
 CREATE TABLE IF NOT EXISTS instances (
     token TEXT PRIMARY KEY,
     instance TEXT NOT NULL,
@@ -89,6 +92,13 @@ CREATE TABLE IF NOT EXISTS instances (
 _COLUMNS: Final = (
     "task, job_id, state, token, instance, started, renewed, finished, callback_url, "
     "last_step, stop, trace, webhook_id, body, delivery, attempts"
+)
+
+
+_INSERT: Final = (
+    "INSERT INTO jobs (task, job_id, state, token, instance, started, renewed, "
+    "callback_url, trace) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (task, job_id) DO NOTHING"
 )
 
 
@@ -228,32 +238,18 @@ class SQLiteStore(Store):
             conn.close()
         await self.open()
 
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE … COMMIT``, bounded; any SQLite error is an outage."""
+    def _transaction(self, what: str) -> _Transaction:
+        """One ``BEGIN IMMEDIATE … COMMIT``; any SQLite error is an outage."""
         conn = self._conn
         if conn is None:
             raise StoreUnavailable(self.display, "the store is not open")
-        with self.bounded(what):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise StoreUnavailable(self.display, f"{what}: {exc}") from exc
+        return _Transaction(self, conn, what)
 
     def _read(self, what: str, sql: str, args: Sequence[Any]) -> list[Any]:
         conn = self._conn
         if conn is None:
             raise StoreUnavailable(self.display, "the store is not open")
-        with self.bounded(what):
+        with _clock_held():
             try:
                 return conn.execute(sql, args).fetchall()
             except (sqlite3.Error, OSError) as exc:
@@ -270,10 +266,13 @@ class SQLiteStore(Store):
         key = (_key(task), _key(job_id))
         with self._transaction("claim") as conn:
             now = time.time()
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
-            ).fetchone()
-            if row is not None:
+            inserted = conn.execute(
+                _INSERT, (*key, self.token, _text(self.instance), now, now, callback_url, trace)
+            )
+            if inserted.rowcount == 0:  # a record exists: report it, unless it has expired
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
+                ).fetchone()
                 job = _job(row)
                 expired = (
                     job.state == "done"
@@ -285,11 +284,10 @@ class SQLiteStore(Store):
                         return Claim("stored", job)
                     return Claim("claimed" if job.token == self.token else "running", job)
                 conn.execute("DELETE FROM jobs WHERE task = ? AND job_id = ?", key)
-            conn.execute(
-                "INSERT INTO jobs (task, job_id, state, token, instance, started, renewed, "
-                "callback_url, trace) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (*key, self.token, _text(self.instance), now, now, callback_url, trace),
-            )
+                conn.execute(
+                    _INSERT,
+                    (*key, self.token, _text(self.instance), now, now, callback_url, trace),
+                )
         self._version += 1
         return Claim(
             "claimed",
@@ -327,35 +325,45 @@ class SQLiteStore(Store):
         token = self.token if token is None else token
         key = (_key(task), _key(job_id))
         state: JobState = "delivering" if delivering else "done"
+        delivery: DeliveryOutcome | None = None if delivering else "none"
         with self._transaction("settle") as conn:
+            # The common case in one statement: the record is ours and running.
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
-            ).fetchone()
-            if row is None:
-                return Settled("superseded", None)
-            current = _job(row)
-            if current.token != token:
-                return Settled("superseded", current)
-            if current.state != "running":
-                if current.result is not None and current.result.body == result.body:
-                    return Settled("ok", current)
-                return Settled("superseded", current)
-            conn.execute(
-                "UPDATE jobs SET state = ?, token = ?, instance = ?, finished = ?, body = ?, "
-                "webhook_id = ?, delivery = ?, last_step = ? WHERE task = ? AND job_id = ?",
+                "UPDATE jobs SET state = ?, instance = ?, finished = ?, body = ?, "
+                "webhook_id = ?, delivery = ?, last_step = CASE WHEN ? THEN ? "
+                "ELSE last_step END WHERE task = ? AND job_id = ? AND token = ? "
+                "AND state = 'running' "
+                "RETURNING started, renewed, callback_url, last_step, stop, trace",
                 (
                     state,
-                    self.token,
                     _text(self.instance),
                     result.finished_at,
                     result.body,
                     webhook_id,
-                    None if delivering else "none",
-                    _text(result.result.last_step or current.last_step),
+                    delivery,
+                    bool(result.result.last_step),
+                    _text(result.result.last_step),
                     *key,
+                    token,
                 ),
-            )
+            ).fetchone()
+            if row is None:
+                found = conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
+                ).fetchone()
+                if found is None:
+                    return Settled("superseded", None)
+                current = _job(found)
+                same = current.result is not None and current.result.body == result.body
+                if current.token == token and current.state != "running" and same:
+                    return Settled("ok", current)
+                return Settled("superseded", current)
+            if token != self.token:  # a result offered for an earlier token: ours now
+                conn.execute(
+                    "UPDATE jobs SET token = ? WHERE task = ? AND job_id = ?", (self.token, *key)
+                )
         self._version += 1
+        started, renewed, callback_url, last_step, stop, trace = row
         return Settled(
             "ok",
             StoredJob(
@@ -364,15 +372,15 @@ class SQLiteStore(Store):
                 state,
                 self.token,
                 self.instance,
-                current.started,
-                current.renewed,
-                callback_url=current.callback_url,
-                last_step=current.last_step,
-                stop=current.stop,
-                trace=current.trace,
+                started,
+                renewed,
+                callback_url=callback_url,
+                last_step=last_step,
+                stop=bool(stop),
+                trace=trace,
                 webhook_id=webhook_id,
                 result=result,
-                delivery=None if delivering else "none",
+                delivery=delivery,
             ),
         )
 
@@ -583,6 +591,61 @@ class SQLiteStore(Store):
     async def checkpoint(self) -> None:
         """A PASSIVE WAL checkpoint in a worker thread, on a connection of its own."""
         await run_in_thread(_checkpoint, self.path)
+
+
+def _clock_held() -> AbstractContextManager[None]:
+    """``hold_mock_clock()`` under a mock clock, else nothing (the hot path stays cheap).
+
+    SQLite calls run inline on the Trio thread and never yield, so virtual time
+    cannot move during one anyway, and no Trio deadline could interrupt one:
+    each is bounded by SQLite's ``busy_timeout`` instead of ``store_timeout``.
+    """
+    if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        return hold_mock_clock()
+    return nullcontext()
+
+
+class _Transaction:
+    """``with store._transaction(what) as conn``: BEGIN IMMEDIATE … COMMIT (or ROLLBACK)."""
+
+    __slots__ = ("conn", "held", "store", "what")
+
+    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection, what: str) -> None:
+        self.store = store
+        self.conn = conn
+        self.what = what
+        self.held = _clock_held()
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.held.__enter__()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except (sqlite3.Error, OSError) as exc:
+            self.held.__exit__(None, None, None)
+            raise StoreUnavailable(self.store.display, f"{self.what}: {exc}") from exc
+        return self.conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self.conn
+        try:
+            if exc_type is None:
+                try:
+                    conn.execute("COMMIT")
+                    return
+                except (sqlite3.Error, OSError) as error:
+                    exc = error
+            with suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreUnavailable(self.store.display, f"{self.what}: {exc}") from exc
+        finally:
+            self.held.__exit__(None, None, None)
 
 
 def _checkpoint(path: str) -> None:
