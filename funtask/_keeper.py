@@ -126,7 +126,7 @@ class StoreKeeper:
     async def start(self) -> None:
         """Open the store and finish what a previous process left (before ``/readyz``)."""
         if not self.persistent:
-            await self.store.open()
+            await self._open_store()
             self.opened = True
             return
         try:
@@ -147,10 +147,22 @@ class StoreKeeper:
             except StoreUnavailable:
                 logger.warning("result store %s: could not close cleanly", self.display)
 
+    async def _open_store(self) -> None:
+        """Open the store; one with a ``serve`` task (Redis) runs it in the server's nursery.
+
+        That task owns the store's client (coredis's owns a task group), so it must
+        live in the nursery rather than be entered here and left in :meth:`aclose`.
+        """
+        serve = getattr(self.store, "serve", None)
+        if serve is not None:
+            await self.runtime.nursery.start(serve)
+        else:
+            await self.store.open()
+
     async def _open_and_recover(self) -> None:
         runtime = self.runtime
         if not self.opened:
-            await self.store.open()
+            await self._open_store()
             self.opened = True
         await self._offer_unstored_letters()
         recovered = await self.store.recover()

@@ -366,3 +366,18 @@ def _dead_lettered(pool: list[Replica]) -> set[str]:
             except (ValueError, KeyError, OSError):
                 continue
     return ids
+
+
+async def test_sigterm_is_a_clean_exit_that_leaves_the_pool(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    receiver = CallbackReceiver()
+    with receiver.listen() as hook, trio.fail_after(LIMIT):
+        async with open_pool(redis_server, tmp_path, hook, replicas=1) as (replica,):
+            key = "{funtask:pool-app}:instances"
+            await wait_for(lambda: redis_server.cli("ZCARD", key) == "1", 5, "the heartbeat")
+            assert replica.worker is not None
+            sent = replica.worker.sigterm()
+            await replica.worker.exit_after(sent, 15, code=0)
+            assert "Traceback" not in replica.worker.log(), replica.worker.log()
+            assert redis_server.cli("ZCARD", key) == "0"

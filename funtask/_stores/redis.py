@@ -29,6 +29,7 @@ from urllib.parse import quote
 import trio
 
 from .._errors import ConfigError
+from .._threads import hold_mock_clock
 from .._wire import FinishedJob
 from . import _redis_lua as lua
 from .base import (
@@ -234,6 +235,28 @@ class RedisStore(Store):
         """Whether the last call (or the supervisor's PING) reached Redis."""
         return self._available
 
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the client until cancelled; for ``await nursery.start(store.serve)``.
+
+        Started once the first PING answered or failed (an unreachable Redis is an
+        outage, retried in the background). On cancellation (a clean exit) this
+        instance's entry is removed. This is how the server runs the store;
+        ``async with store`` (:meth:`open`) runs it in a nursery of its own.
+
+        Raises:
+            ConfigError: the endpoint refused our credentials or is not Redis.
+        """
+        _quiet_coredis(True)
+        try:
+            await self._supervise(task_status=task_status)
+        finally:
+            answered, self._available = self._available, False
+            if answered:  # cancelled while Redis answered: a clean exit leaves the pool view
+                await self._leave()
+            _quiet_coredis(False)
+
     async def open(self) -> None:
         """Start the supervisor; returns once the first PING answered or failed.
 
@@ -241,11 +264,9 @@ class RedisStore(Store):
             ConfigError: the endpoint refused our credentials or is not Redis.
         """
         stack = AsyncExitStack()
-        _quiet_coredis(True)
-        stack.callback(_quiet_coredis, False)
         nursery = await stack.enter_async_context(trio.open_nursery())
         try:
-            await nursery.start(self._supervise)
+            await nursery.start(self.serve)
         except BaseException:
             nursery.cancel_scope.cancel()
             await stack.aclose()
@@ -258,18 +279,23 @@ class RedisStore(Store):
         self._stack = self._nursery = None
         if stack is None or nursery is None:
             return
-        try:
-            with trio.CancelScope(shield=True):
-                await self._call("close", self._remove_instance)
-        except StoreUnavailable:
-            pass
-        finally:
-            nursery.cancel_scope.cancel()
-            await stack.aclose()
-            self._available = False
+        nursery.cancel_scope.cancel()  # the supervisor removes the instance entry
+        await stack.aclose()
 
-    async def _remove_instance(self, client: Any) -> None:
-        await client.zrem(_encode(self._instances), [_encode(self._member)])
+    async def _leave(self) -> None:
+        """Remove this instance's entry with a client of its own (shielded, bounded).
+
+        The supervisor's client is torn down with the cancellation that ends it,
+        so a short-lived one does this last write; failing it only leaves an
+        entry that ages out of the pool view after ``store_lease``.
+        """
+        with trio.CancelScope(shield=True), hold_mock_clock():
+            with trio.move_on_after(self.store_timeout):
+                try:
+                    async with self._new_client() as client:
+                        await client.zrem(_encode(self._instances), [_encode(self._member)])
+                except Exception:
+                    logger.debug("store %s: could not remove the instance", self.display)
 
     def _new_client(self) -> Any:
         url = self.url
@@ -320,8 +346,10 @@ class RedisStore(Store):
                         started = True
                         task_status.started()
                     delay = RECONNECT_MIN
-                    await self._lost.wait()
-                    self._client = None  # before the client closes: calls in flight see it
+                    try:
+                        await self._lost.wait()
+                    finally:
+                        self._client = None  # before the client closes: calls in flight see it
             except Exception as error:  # the client's task group wraps what its body raised
                 leaf = _leaf(error)
                 if isinstance(leaf, ConfigError):
