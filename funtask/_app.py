@@ -221,6 +221,17 @@ class HttpApi:
         else:
             job_id = new_job_id()
         current = slot.current
+        if (
+            current is not None
+            and current.record is not None
+            and current.callback_url is None
+            and runtime.keeper.persistent
+        ):
+            # A sync job whose caller was answered is still storing its result (one
+            # store round trip): the same caller's next request waits for the slot.
+            with trio.move_on_after(runtime.keeper.store.store_timeout):
+                await current.released.wait()
+            current = slot.current
         if current is not None:
             return _busy(runtime, task, current)
         keeper = runtime.keeper
