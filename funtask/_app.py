@@ -239,7 +239,10 @@ class HttpApi:
             return _store_unavailable()
         job = runtime.runner.reserve(slot, job_id, Params(body.params), callback_url=callback_url)
         try:
-            claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
+            # Shielded (the call is bounded by store_timeout): a caller that goes away
+            # mid-claim must not leave the slot reserved or a claim nobody handles.
+            with trio.CancelScope(shield=True):
+                claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
         except StoreUnavailable as exc:
             runtime.runner.unreserve(slot, job)
             keeper.lost(exc)
