@@ -25,6 +25,7 @@ __all__ = [
     "LENGTHS",
     "LIVE",
     "READ",
+    "READ_CHANGED",
     "RELEASE",
     "RESTORE",
     "SETTLE",
@@ -231,6 +232,22 @@ return {now,
 READ: Final = """
 local out = {}
 for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+
+# KEYS: job keys; ARGV: the webhook-id of each as the caller has it ('' if none)
+# -> per key {'='} when its finished result still has that webhook-id (the caller's copy
+#    is current: a settled result never changes), else its HGETALL (empty when gone)
+READ_CHANGED: Final = """
+local out = {}
+for i = 1, #KEYS do
+  local whid = redis.call('HGET', KEYS[i], 'whid')
+  if ARGV[i] ~= '' and whid == ARGV[i] and redis.call('HGET', KEYS[i], 'state') ~= 'running' then
+    out[i] = {'='}
+  else
+    out[i] = redis.call('HGETALL', KEYS[i])
+  end
+end
 return out
 """
 
