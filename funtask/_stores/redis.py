@@ -18,6 +18,7 @@ when it is back. While the store is lost every call fails at once with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import ssl
@@ -655,7 +656,9 @@ class RedisStore(Store):
                 self._mine[(task, job_id)] = fields
             else:
                 self._mine.pop((task, job_id), None)
-            return Settled("ok", self._record(fields))
+            stored = self._record({**fields, "body": ""})  # the result is ``result``
+            assert stored is not None
+            return Settled("ok", dataclasses.replace(stored, result=result))
         self._mine.pop((task, job_id), None)
         return Settled("superseded", self._record(_pairs(answer[2:])))
 
