@@ -1684,7 +1684,7 @@ def report_store(r: Report, data: dict[str, Any]) -> None:
         "`FUNTASK_STORE=sqlite://…` (a file on the same ext4 disk as the repository), "
         "every server pinned to the same CPU with the same hash seed, rounds interleaved "
         "and rotated. With the SQLite store every `/run` makes two inline write "
-        "transactions (claim, settle) and one for the delivery outcome.",
+        "transactions (claim, settle); an async job adds one for the delivery outcome.",
         "",
         "| server | requests/s | p50 | p99 | server CPU/request |",
         "|---|---:|---:|---:|---:|",

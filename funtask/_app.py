@@ -289,7 +289,7 @@ class HttpApi:
         if job is None:
             no_job = json_response({"task": task, "message": "No running job"})
             return unread_body_response(no_job)
-        if job is None or (job_id is not None and job.job_id != job_id):
+        if job_id is not None and job.job_id != job_id:
             return json_response({"task": task, "message": "No running job"})
         runtime.stop_job(job)
         return json_response(

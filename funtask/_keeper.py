@@ -277,6 +277,15 @@ class StoreKeeper:
 
     async def settle(self, job: Job, record: FinishedJob, webhook_id: str) -> SettleOutcome:
         """Store ``job``'s result by compare-and-set (shielded, bounded)."""
+        if not self.persistent:  # answers at once, never yields: nothing to shield or lose
+            memory = await self.store.settle(
+                job.task.name,
+                job.job_id,
+                record,
+                webhook_id=webhook_id,
+                delivering=job.callback_url is not None,
+            )
+            return memory.status
         if not self.ok:
             return "unstored"
         with trio.CancelScope(shield=True):
@@ -339,42 +348,54 @@ class StoreKeeper:
     # -- background work ---------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Renew leases, stamp steps, act on stop flags; in a pool also sweep and refresh.
+
+        Runs until the runtime's nursery is cancelled, after the jobs nursery: the
+        last task to go (other replicas must not sweep a draining replica's jobs).
+        """
         runtime = self.runtime
+        store = self.store
+        last_renewed = trio.current_time()  # send time of the last successful heartbeat
         while True:
             await trio.sleep(self.heartbeat_interval)
+            jobs = runtime.runner.jobs()
+            # Rule 5: without a renewal for a lease (less one beat), a pool's jobs are
+            # someone else's to settle; stop working on them.
+            lease_left = store.store_lease - self.heartbeat_interval
+            if store.pool and jobs and trio.current_time() - last_renewed > lease_left:
+                for job in jobs:
+                    if job.record is None:
+                        job.cancel(REASON_LEASE_LOST)
             if not self.ok or not self.opened:
                 continue
-            jobs = runtime.runner.jobs()
             held = [HeldJob(job.task.name, job.job_id, job.run.state.step) for job in jobs]
+            sent = trio.current_time()
             try:
-                beat = await self.store.heartbeat(held)
+                beat = await store.heartbeat(held)
             except StoreUnavailable as exc:
                 self.lost(exc)
                 continue
+            last_renewed = sent
             for job in jobs:
                 key = (job.task.name, job.job_id)
                 if key in beat.lost and job.record is None:
                     job.cancel(REASON_LEASE_LOST)
                 elif key in beat.stop:
                     runtime.stop_job(job)
-            if self.store.pool:
-                await self._sweep()
-                await self._refresh_pool()
-            if beat.version != self._seen_version and self.store.pool:
+            if not store.pool:
+                continue
+            if not runtime.draining:  # the sweeper stops when draining begins
+                try:
+                    swept = await store.recover()
+                except StoreUnavailable as exc:
+                    self.lost(exc)
+                    continue
+                for record in swept:
+                    self._adopt(record)
+            await self._refresh_pool()
+            if beat.version != self._seen_version:
                 self._seen_version = beat.version
                 await self._refresh_views()
-
-    async def _sweep(self) -> None:
-        """A pool's sweeper (Redis): settle the jobs whose lease expired (rule 5)."""
-        if self.runtime.draining:  # rule 12: the sweeper stops when draining begins
-            return
-        try:
-            recovered = await self.store.recover()
-        except StoreUnavailable as exc:
-            self.lost(exc)
-            return
-        for job in recovered:
-            self._adopt(job)
 
     async def _refresh_pool(self) -> None:
         """The pool view (instances, running jobs and their steps), at every heartbeat."""

@@ -459,28 +459,32 @@ async def open_runtime(
 async def _open_runtime(
     server: Server, callback_transport: httpx.AsyncBaseTransport | None
 ) -> AsyncIterator[Runtime]:
-    async with (
-        httpx.AsyncClient(
-            transport=callback_transport, follow_redirects=False, timeout=None
-        ) as callback_client,
-        trio.open_nursery() as nursery,
-    ):
-        runtime = Runtime(server, nursery, callback_client)
-        async with trio.open_nursery() as jobs_nursery:
-            runtime.runner.nursery = jobs_nursery
-            # Before anything is served: a persistent store settles what the last
-            # process left running (so /readyz is ready only after recovery).
-            await runtime.keeper.start()
-            async with AsyncExitStack() as stack:
-                if server.settings.lifespan is not None:
-                    await stack.enter_async_context(server.settings.lifespan(server))
-                try:
-                    yield runtime
-                finally:
-                    await runtime.drain()
-            jobs_nursery.cancel_scope.cancel()
-        nursery.cancel_scope.cancel()
-    await runtime.keeper.aclose()
+    runtime: Runtime | None = None
+    try:
+        async with (
+            httpx.AsyncClient(
+                transport=callback_transport, follow_redirects=False, timeout=None
+            ) as callback_client,
+            trio.open_nursery() as nursery,
+        ):
+            runtime = Runtime(server, nursery, callback_client)
+            async with trio.open_nursery() as jobs_nursery:
+                runtime.runner.nursery = jobs_nursery
+                # Before anything is served: a persistent store settles what the last
+                # process left running (so /readyz is ready only after recovery).
+                await runtime.keeper.start()
+                async with AsyncExitStack() as stack:
+                    if server.settings.lifespan is not None:
+                        await stack.enter_async_context(server.settings.lifespan(server))
+                    try:
+                        yield runtime
+                    finally:
+                        await runtime.drain()
+                jobs_nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    finally:
+        if runtime is not None:  # after the nursery: the heartbeat was the last task
+            await runtime.keeper.aclose()
     if runtime.drain_began_at is not None:
         logger.info(
             "server %r stopped after draining for %s",

@@ -33,6 +33,7 @@ from funtask._replay import replay_dead_letters
 from funtask._stores.lock import StoreLock
 from funtask._stores.sqlite import SQLiteStore
 from funtask._threads import run_in_thread
+from funtask._wire import finished_job
 from funtask.testing import open_test_client
 
 from _support import CallbackReceiver, build_server, wait_idle, wait_until
@@ -460,3 +461,73 @@ async def test_replay_skips_superseded_letters(autojump_clock: MockClock, tmp_pa
         include_superseded=True,
     )
     assert len(report.delivered) == 1
+
+
+# -- superseded and unstored results ----------------------------------------------------
+
+
+async def test_a_late_result_for_a_settled_job_is_superseded(
+    autojump_clock: MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = CallbackReceiver(200)
+    server = make_server(tmp_path)
+
+    @server.task
+    async def later(run: funtask.Run, params: funtask.Params) -> funtask.Result:
+        await trio.sleep(5)
+        return funtask.ok("late")
+
+    async with open_test_client(server, callback_transport=receiver.transport()) as client:
+        response = await client.post("/run/later", json={"jobId": "sup", "callbackUrl": HOOK})
+        assert response.status_code == 202
+        await trio.sleep(1)
+        # Settled elsewhere first (as a sweeper would): the running job's result loses.
+        store = sqlite_store(server)
+        first = finished_job("later", "sup", funtask.fail("worker_lost", "gone"), 1.0)
+        settled = await store.settle("later", "sup", first, webhook_id="msg_a", delivering=False)
+        assert settled.status == "ok"
+        await wait_idle(client, "later")
+        stored = await client.get("/result/sup")
+    assert stored.content == first.body  # never stored over the settled one
+    assert receiver.attempts == []  # and never posted
+    (letter,) = scan_dead_letters(tmp_path)[0]
+    assert letter.superseded
+    # The heartbeat found the record settled under it and cancelled the job.
+    assert letter.body["error"]["message"] == "job cancelled: lease lost"
+    assert any(
+        "superseded" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
+    )
+
+
+async def test_unstored_results_are_offered_at_the_next_start(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    server = make_server(tmp_path, shutdown_timeout=1)
+
+    @server.task
+    async def later(run: funtask.Run, params: funtask.Params) -> funtask.Result:
+        await trio.sleep(5)
+        return funtask.ok("late")
+
+    async with open_test_client(server) as client:
+        async with trio.open_nursery() as nursery:
+            answers: list[httpx.Response] = []
+
+            async def sync_run() -> None:
+                answers.append(await client.post("/run/later", json={"jobId": "un-1"}))
+
+            nursery.start_soon(sync_run)
+            await trio.sleep(1)
+            break_store(server)
+            await client.get("/result/x")
+        assert answers[0].json()["message"] == "late"
+        await wait_until(lambda: scan_dead_letters(tmp_path)[0])
+    # The process stopped with the store still away: the letter waits, unstored.
+    (letter,) = scan_dead_letters(tmp_path)[0]
+    assert letter.unstored and letter.token
+    async with open_test_client(make_server(tmp_path)) as client:
+        stored = await client.get("/result/un-1")
+    assert stored.status_code == 200
+    assert stored.content == answers[0].content  # the real result, not worker_lost
+    (letter,) = scan_dead_letters(tmp_path)[0]
+    assert not letter.unstored and not letter.superseded

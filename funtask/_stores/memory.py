@@ -110,12 +110,21 @@ class MemoryStore(Store):
             if current.result is not None and current.result.body == result.body:
                 return Settled("ok", current)
             return Settled("superseded", current)
-        job = replace(
-            current,
-            state="delivering" if delivering else "done",
-            result=result,
-            webhook_id=webhook_id,
-            delivery=None if delivering else "none",
+        job = StoredJob(
+            task,
+            job_id,
+            "delivering" if delivering else "done",
+            token,
+            current.instance,
+            current.started,
+            current.renewed,
+            current.callback_url,
+            current.last_step,
+            current.stop,
+            current.trace,
+            webhook_id,
+            result,
+            None if delivering else "none",
         )
         if delivering:
             self._unfinished[key] = job

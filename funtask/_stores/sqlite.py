@@ -58,11 +58,16 @@ CHECKPOINT_INTERVAL: Final = 10.0  # seconds between PASSIVE WAL checkpoints
 PURGE_INTERVAL: Final = 60.0  # seconds between purges of expired results
 _BUSY_TIMEOUT_MS: Final = 200  # the checkpointer or a CLI reader may hold a lock briefly
 _FILE_MODE: Final = 0o600
+# Small pages: every commit appends whole pages to the WAL, and a job's row is small.
+_PAGE_SIZE: Final = 1024  # bytes
 
+# The primary key leads with job_id: ``/result`` looks a jobId up across tasks on
+# the table itself, and a claim writes one b-tree page. Only finished results
+# are indexed by time (history, purge), so a claim touches no index at all.
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS jobs (
-    task BLOB NOT NULL,
     job_id BLOB NOT NULL,
+    task BLOB NOT NULL,
     state TEXT NOT NULL,
     token TEXT NOT NULL,
     instance TEXT NOT NULL,
@@ -77,10 +82,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB,
     delivery TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (task, job_id)
-);
-CREATE INDEX IF NOT EXISTS jobs_by_id ON jobs (job_id, finished) WHERE finished IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (task, finished) WHERE finished IS NOT NULL;
+    PRIMARY KEY (job_id, task)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished) WHERE finished IS NOT NULL;
 CREATE TABLE IF NOT EXISTS instances (
     token TEXT PRIMARY KEY,
     instance TEXT NOT NULL,
@@ -98,7 +102,7 @@ _COLUMNS: Final = (
 _INSERT: Final = (
     "INSERT INTO jobs (task, job_id, state, token, instance, started, renewed, "
     "callback_url, trace) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (task, job_id) DO NOTHING"
+    "ON CONFLICT (job_id, task) DO NOTHING"
 )
 
 
@@ -178,6 +182,7 @@ def connect(path: str, *, create: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     if create:
+        conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only for a new file
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA wal_autocheckpoint = 0")
