@@ -353,3 +353,33 @@ async def test_rediss_checks_the_certificate_and_the_host_name(tmp_path: Path) -
         with pytest.raises(funtask.ConfigError, match="certificate verification failed"):
             async with opened(f"rediss://localhost:{tls_port}"):
                 pass  # pragma: no cover
+
+
+async def test_concurrent_claims_and_settles_share_calls(redis_server: RedisServer) -> None:
+    async with opened(redis_server.url) as one, opened(redis_server.url, instance="b") as two:
+        await two.claim("t", "theirs", callback_url=None)
+        redis_server.cli("CONFIG", "RESETSTAT")
+        claims: dict[str, str] = {}
+        settles: dict[str, str] = {}
+
+        async def run(job_id: str) -> None:
+            claims[job_id] = (await one.claim("t", job_id, callback_url=None)).status
+            record = finished_job("t", job_id, funtask.ok(job_id), 0.1)
+            settled = await one.settle("t", job_id, record, webhook_id="w", delivering=False)
+            settles[job_id] = settled.status
+
+        async with trio.open_nursery() as nursery:
+            for index in range(20):
+                nursery.start_soon(run, f"j{index}")
+            nursery.start_soon(run, "theirs")
+        assert claims.pop("theirs") == "running"
+        assert settles.pop("theirs") == "superseded"
+        assert set(claims.values()) == {"claimed"} and len(claims) == 20
+        assert set(settles.values()) == {"ok"}
+        found = await two.lookup("j7")
+        assert found is not None and found.result is not None
+        assert found.result.result.message == "j7"
+        commands = redis_server.cli("INFO", "commandstats")
+        evalsha = next(line for line in commands.splitlines() if "evalsha" in line)
+        calls = int(evalsha.split("calls=")[1].split(",")[0])
+        assert calls < 20, evalsha  # 42 claims and settles, batched

@@ -20,6 +20,7 @@ from typing import Final
 
 __all__ = [
     "CLAIM",
+    "CLAIM_MANY",
     "DELIVERED",
     "HEARTBEAT",
     "LENGTHS",
@@ -29,6 +30,7 @@ __all__ = [
     "RELEASE",
     "RESTORE",
     "SETTLE",
+    "SETTLE_MANY",
     "STOP",
     "SWEEP",
     "TAKE_OVER",
@@ -56,10 +58,11 @@ end
 # KEYS: job, leases, version
 # ARGV: token, instance, lease member, lease ms, task, jobId, callback, trace
 # -> {'claimed', now} | {'exists', now, <HGETALL of the record>...}
-CLAIM: Final = (
-    _NOW
-    + """
-local state = redis.call('HGET', KEYS[1], 'state')
+_CLAIM_ONE: Final = (
+    """
+local function one(KEYS, ARGV)
+"""
+    + """local state = redis.call('HGET', KEYS[1], 'state')
 if state then
   local token = redis.call('HGET', KEYS[1], 'token')
   if token == ARGV[1] and state == 'running' then
@@ -75,8 +78,10 @@ redis.call('HSET', KEYS[1], 'task', ARGV[5], 'job', ARGV[6], 'state', 'running',
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
 redis.call('INCR', KEYS[3])
 return {'claimed', now}
+end
 """
 )
+CLAIM: Final = _NOW + _CLAIM_ONE + "return one(KEYS, ARGV)\n"
 
 # KEYS: job, leases, version
 # ARGV: token, lease member
@@ -96,11 +101,11 @@ return 1
 #       result ttl ms, history length, task, jobId, lease ms, callback, delivery
 #       outcome, attempts
 # -> {'ok', now} | {'superseded', now, <HGETALL of the record>...}
-SETTLE: Final = (
-    _NOW
-    + _LATEST
-    + """
-local rec = redis.call('HMGET', KEYS[1], 'state', 'token', 'body')
+_SETTLE_ONE: Final = (
+    """
+local function one(KEYS, ARGV)
+"""
+    + """local rec = redis.call('HMGET', KEYS[1], 'state', 'token', 'body')
 local target = ARGV[4]
 local first = true
 if rec[1] then
@@ -139,8 +144,10 @@ else
 end
 redis.call('INCR', KEYS[3])
 return {'ok', now}
+end
 """
 )
+SETTLE: Final = _NOW + _LATEST + _SETTLE_ONE + "return one(KEYS, ARGV)\n"
 
 # KEYS: instances, leases, version, then one job key per held job
 # ARGV: instance member, lease ms, token, then per held job: lease member, last step
@@ -329,3 +336,23 @@ local out = {}
 for i = 1, #KEYS do out[i] = redis.call('LLEN', KEYS[i]) end
 return out
 """
+
+
+def _many(keys: int, args: int) -> str:
+    """Lua that runs ``one`` for each of ARGV[1] calls: KEYS and ARGV are theirs, in turn."""
+    return f"""
+local out = {{}}
+for i = 0, tonumber(ARGV[1]) - 1 do
+  local k, a = {{}}, {{}}
+  for j = 1, {keys} do k[j] = KEYS[i * {keys} + j] end
+  for j = 1, {args} do a[j] = ARGV[1 + i * {args} + j] end
+  out[i + 1] = one(k, a)
+end
+return out
+"""
+
+
+# Several claims (settles) in one call: ARGV[1] = n, then each call's KEYS and ARGV
+# in turn (as CLAIM's and SETTLE's) -> {each call's answer}
+CLAIM_MANY: Final = _NOW + _CLAIM_ONE + _many(3, 8)
+SETTLE_MANY: Final = _NOW + _LATEST + _SETTLE_ONE + _many(6, 15)

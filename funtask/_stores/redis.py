@@ -82,8 +82,10 @@ _SCRIPTS: Final = {
     name: (source, hashlib.sha1(source.encode()).hexdigest())
     for name in (
         "CLAIM",
+        "CLAIM_MANY",
         "RELEASE",
         "SETTLE",
+        "SETTLE_MANY",
         "DELIVERED",
         "HEARTBEAT",
         "RESTORE",
@@ -97,6 +99,16 @@ _SCRIPTS: Final = {
     )
     for source in [getattr(lua, name)]
 }
+
+
+class _Batch:
+    """Calls of one script gathered in one scheduling tick (see ``RedisStore._batched``)."""
+
+    def __init__(self, calls: list[tuple[list[str], list[Any]]]) -> None:
+        self.calls = calls
+        self.done = trio.Event()
+        self.answers: list[Any] = []
+        self.error: StoreUnavailable | None = None
 
 
 class _QuietConnections(logging.Filter):
@@ -215,6 +227,7 @@ class RedisStore(Store):
         # The records this process holds (claimed or taken over), to write back
         # if Redis loses them (restarted empty).
         self._mine: dict[tuple[str, str], dict[str, str]] = {}
+        self._batches: dict[str, _Batch] = {}  # script name -> the batch being gathered
         # task -> jobId -> (webhook-id, result): the results history() last returned.
         self._history_cache: dict[str, dict[str, tuple[str, FinishedJob]]] = {}
 
@@ -508,6 +521,46 @@ class RedisStore(Store):
 
         return _decode(await self._call(operation, run))
 
+    async def _batched(self, operation: str, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``name``, sharing one ``<name>_MANY`` call with those of the same tick.
+
+        Under load many jobs claim and settle at once; each call to Redis costs the
+        process far more than the script does, so the calls one scheduling tick
+        brings are sent as one. The first caller leads: it yields once (shielded, so
+        the batch always runs), then sends everyone's keys and arguments.
+        """
+        batch = self._batches.get(name)
+        if batch is not None:  # join the batch the leader is about to send
+            index = len(batch.calls)
+            batch.calls.append((keys, args))
+            await batch.done.wait()
+            if batch.error is not None:
+                raise StoreUnavailable(self.display, batch.error.reason)
+            return batch.answers[index]
+        batch = self._batches[name] = _Batch([(keys, args)])
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.lowlevel.checkpoint()
+            finally:
+                del self._batches[name]
+            try:
+                if len(batch.calls) == 1:
+                    batch.answers = [await self._script(operation, name, keys, args)]
+                else:
+                    flat_keys = [key for call_keys, _ in batch.calls for key in call_keys]
+                    flat_args: list[Any] = [len(batch.calls)]
+                    for _, call_args in batch.calls:
+                        flat_args += call_args
+                    batch.answers = await self._script(
+                        operation, name + "_MANY", flat_keys, flat_args
+                    )
+            except StoreUnavailable as error:
+                batch.error = error
+                raise
+            finally:
+                batch.done.set()
+        return batch.answers[0]
+
     def _record(self, fields: dict[str, str]) -> StoredJob | None:
         state = fields.get("state")
         if state not in _STATES:
@@ -550,7 +603,7 @@ class RedisStore(Store):
     ) -> Claim:
         """Create the ``running`` record and its lease in one script (see :class:`Store`)."""
         key = self._job_key(task, job_id)
-        answer = await self._script(
+        answer = await self._batched(
             "claim",
             "CLAIM",
             [key, self._leases, self._version],
@@ -610,7 +663,7 @@ class RedisStore(Store):
         body = result.body
         state: JobState = "delivering" if delivering else "done"
         mine = self._mine.get((task, job_id), {})
-        answer = await self._script(
+        answer = await self._batched(
             "settle",
             "SETTLE",
             [
