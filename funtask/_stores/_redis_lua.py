@@ -20,17 +20,16 @@ from typing import Final
 
 __all__ = [
     "CLAIM",
-    "CLAIM_MANY",
     "DELIVERED",
     "HEARTBEAT",
     "LENGTHS",
     "LIVE",
+    "OPS_MANY",
     "READ",
     "READ_CHANGED",
     "RELEASE",
     "RESTORE",
     "SETTLE",
-    "SETTLE_MANY",
     "STOP",
     "SWEEP",
     "TAKE_OVER",
@@ -338,21 +337,27 @@ return out
 """
 
 
-def _many(keys: int, args: int) -> str:
-    """Lua that runs ``one`` for each of ARGV[1] calls: KEYS and ARGV are theirs, in turn."""
-    return f"""
-local out = {{}}
-for i = 0, tonumber(ARGV[1]) - 1 do
-  local k, a = {{}}, {{}}
-  for j = 1, {keys} do k[j] = KEYS[i * {keys} + j] end
-  for j = 1, {args} do a[j] = ARGV[1 + i * {args} + j] end
-  out[i + 1] = one(k, a)
+# Claims and settles in one call (those one scheduling tick brought):
+# ARGV[1] = n, then per call its kind ('claim' | 'settle'), its number of keys and of
+# arguments, then those arguments; KEYS holds each call's keys in turn (as CLAIM's and
+# SETTLE's). -> {each call's answer}
+OPS_MANY: Final = (
+    _NOW
+    + _LATEST
+    + _CLAIM_ONE.replace("local function one(", "local function claim_one(")
+    + _SETTLE_ONE.replace("local function one(", "local function settle_one(")
+    + """
+local out = {}
+local ki, ai = 0, 1
+for i = 1, tonumber(ARGV[1]) do
+  local kind, nk, na = ARGV[ai + 1], tonumber(ARGV[ai + 2]), tonumber(ARGV[ai + 3])
+  ai = ai + 3
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[ki + j] end
+  for j = 1, na do a[j] = ARGV[ai + j] end
+  ki, ai = ki + nk, ai + na
+  if kind == 'claim' then out[i] = claim_one(k, a) else out[i] = settle_one(k, a) end
 end
 return out
 """
-
-
-# Several claims (settles) in one call: ARGV[1] = n, then each call's KEYS and ARGV
-# in turn (as CLAIM's and SETTLE's) -> {each call's answer}
-CLAIM_MANY: Final = _NOW + _CLAIM_ONE + _many(3, 8)
-SETTLE_MANY: Final = _NOW + _LATEST + _SETTLE_ONE + _many(6, 15)
+)

@@ -82,10 +82,9 @@ _SCRIPTS: Final = {
     name: (source, hashlib.sha1(source.encode()).hexdigest())
     for name in (
         "CLAIM",
-        "CLAIM_MANY",
+        "OPS_MANY",
         "RELEASE",
         "SETTLE",
-        "SETTLE_MANY",
         "DELIVERED",
         "HEARTBEAT",
         "RESTORE",
@@ -104,7 +103,7 @@ _SCRIPTS: Final = {
 class _Batch:
     """Calls of one script gathered in one scheduling tick (see ``RedisStore._batched``)."""
 
-    def __init__(self, calls: list[tuple[list[str], list[Any]]]) -> None:
+    def __init__(self, calls: list[tuple[str, list[str], list[Any]]]) -> None:
         self.calls = calls
         self.done = trio.Event()
         self.answers: list[Any] = []
@@ -227,7 +226,7 @@ class RedisStore(Store):
         # The records this process holds (claimed or taken over), to write back
         # if Redis loses them (restarted empty).
         self._mine: dict[tuple[str, str], dict[str, str]] = {}
-        self._batches: dict[str, _Batch] = {}  # script name -> the batch being gathered
+        self._batch: _Batch | None = None  # the claims and settles being gathered
         # task -> jobId -> (webhook-id, result): the results history() last returned.
         self._history_cache: dict[str, dict[str, tuple[str, FinishedJob]]] = {}
 
@@ -522,38 +521,37 @@ class RedisStore(Store):
         return _decode(await self._call(operation, run))
 
     async def _batched(self, operation: str, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run script ``name``, sharing one ``<name>_MANY`` call with those of the same tick.
+        """Run script ``name`` (CLAIM or SETTLE), sharing one call with those of the same tick.
 
         Under load many jobs claim and settle at once; each call to Redis costs the
-        process far more than the script does, so the calls one scheduling tick
-        brings are sent as one. The first caller leads: it yields once (shielded, so
-        the batch always runs), then sends everyone's keys and arguments.
+        process far more than the script does, so the claims and settles a
+        scheduling tick brings are sent as one ``OPS_MANY``. The first caller leads:
+        it yields (shielded, so the batch always runs), then sends everyone's calls.
         """
-        batch = self._batches.get(name)
+        batch = self._batch
         if batch is not None:  # join the batch the leader is about to send
             index = len(batch.calls)
-            batch.calls.append((keys, args))
+            batch.calls.append((operation, keys, args))
             await batch.done.wait()
             if batch.error is not None:
                 raise StoreUnavailable(self.display, batch.error.reason)
             return batch.answers[index]
-        batch = self._batches[name] = _Batch([(keys, args)])
+        batch = self._batch = _Batch([(operation, keys, args)])
         with trio.CancelScope(shield=True):
             try:
                 await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
             finally:
-                del self._batches[name]
+                self._batch = None
             try:
                 if len(batch.calls) == 1:
                     batch.answers = [await self._script(operation, name, keys, args)]
                 else:
-                    flat_keys = [key for call_keys, _ in batch.calls for key in call_keys]
+                    flat_keys = [key for _, call_keys, _ in batch.calls for key in call_keys]
                     flat_args: list[Any] = [len(batch.calls)]
-                    for _, call_args in batch.calls:
-                        flat_args += call_args
-                    batch.answers = await self._script(
-                        operation, name + "_MANY", flat_keys, flat_args
-                    )
+                    for kind, call_keys, call_args in batch.calls:
+                        flat_args += [kind, len(call_keys), len(call_args), *call_args]
+                    batch.answers = await self._script(operation, "OPS_MANY", flat_keys, flat_args)
             except StoreUnavailable as error:
                 batch.error = error
                 raise
