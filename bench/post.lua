@@ -36,6 +36,8 @@ function request()
 end
 
 function response(status, response_headers, body)
-   local n = body:match('"name":"g(%d+)"')
+   -- A 409 (the task still busy with a job of an earlier wrk run, whose connection
+   -- wrk closed mid-request) names the task too: give it back rather than fall back.
+   local n = body:match('"name":"g(%d+)"') or body:match('"task":"greet(%d+)"')
    free[#free + 1] = tonumber(n) or fallback
 end

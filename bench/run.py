@@ -5,6 +5,7 @@
     python bench/run.py --case overhead --case memory [--output FILE]
     python bench/run.py --case metrics --baseline DIR   # DIR: a checkout of another commit
     python bench/run.py --case store --baseline DIR     # memory vs SQLite store (vs DIR)
+    python bench/run.py --case redis         # memory vs Redis store (needs redis-server)
     python bench/run.py --case tracing --rounds 60      # opentelemetry-api vs none vs an SDK
 
 Every server runs as its own process on loopback under the same hypercorn
@@ -52,8 +53,16 @@ from bench.lean import Connection, request_once  # noqa: E402
 BENCH = REPO / "bench"
 HOST = "127.0.0.1"
 CASES = (
-    *("overhead", "metrics", "store", "tracing"),
-    *("progress", "health", "fanout", "memory", "async"),
+    "overhead",
+    "metrics",
+    "store",
+    "redis",
+    "tracing",
+    "progress",
+    "health",
+    "fanout",
+    "memory",
+    "async",
 )
 PACKAGES = ("funtask", "trio", "hypercorn", "quart", "quart-trio", "werkzeug", "h11", "httpx")
 WRK_THREADS = 2
@@ -792,7 +801,78 @@ def case_store(h: Harness) -> dict[str, Any]:
     return summary
 
 
-# -- case 1d: the cost of tracing -------------------------------------------------------------
+# -- case 1d: the Redis store ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server(h: Harness) -> Iterator[str]:
+    """A ``redis-server`` of the harness's own on a free loopback port, without persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="redis-", dir=h.tmp))
+    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(directory), "--maxmemory-policy", "noeviction"]
+    h.note(shlex.join(argv).replace(str(port), "REDISPORT").replace(str(directory), "DIR"))
+    with open(h.logdir / "redis-server.log", "wb") as output:
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://{HOST}:{port}"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def case_redis(h: Harness) -> dict[str, Any]:
+    """Trivial sync ``/run`` with the memory store vs the Redis store on loopback, interleaved."""
+    post = {
+        "script": "post.lua",
+        "script_args": (str(WRK_CONNECTIONS // WRK_THREADS), h.token),
+    }
+    # The funtask servers share the last CPU (as in case 1b); redis-server may use any.
+    cpu = max(os.sched_getaffinity(0)) if shutil.which("taskset") else None
+    with redis_server(h) as url:
+        apps = [
+            ("memory", "memory store (default)", {}),
+            ("redis", "Redis store (loopback)", {"FUNTASK_STORE": url}),
+        ]
+        targets = []
+        for key, label, env in apps:
+            server = h.start_server("overhead", cpu=cpu, env={"PYTHONHASHSEED": "0", **env})
+            assert server.port is not None
+            status, body = call(
+                server.port, "POST", "/run/greet3", h.token, {"params": {"name": "g3"}}
+            )
+            if status != 200 or body.get("message") != "Hello, g3!":
+                raise RuntimeError(f"{label}: unexpected answer {status} {body!r}")
+            health = get_json(server.port, "/health", h.token)
+            if (key == "redis") != (health.get("store") == "ok"):
+                raise RuntimeError(f"{label}: /health says store={health.get('store')!r}")
+            targets.append(
+                Target(key, label, f"http://{HOST}:{server.port}", server.worker_pid(), post)
+            )
+        summary: dict[str, Any] = interleaved(
+            h, "redis", targets, h.settings.rounds, h.settings.warmup
+        )
+        for service in list(h.services):
+            h.stop(service)
+    summary["ratio_rps"] = summary["redis"]["rps"] / summary["memory"]["rps"]
+    summary["ratio_cpu"] = summary["redis"]["cpu_us"] / summary["memory"]["cpu_us"]
+    summary["round_ratios"] = round_ratios(summary, "redis", "memory")
+    return summary
+
+
+# -- case 1e: the cost of tracing -------------------------------------------------------------
 
 
 def tracing_hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float]:
@@ -1610,7 +1690,7 @@ def report_metrics(r: Report, data: dict[str, Any], s: Settings) -> None:
 
 def report_tracing(r: Report, data: dict[str, Any], s: Settings) -> None:
     r.add(
-        "## 1d. The cost of tracing: opentelemetry-api without an SDK, and with one",
+        "## 1e. The cost of tracing: opentelemetry-api without an SDK, and with one",
         "",
         "The server of case 1 (`bench.apps:overhead`) five times, side by side: twice with "
         "`opentelemetry-api` installed and no SDK configured (the tracing observer on, "
@@ -1926,10 +2006,51 @@ def report_async(r: Report, data: dict[str, Any]) -> None:
     r.add("")
 
 
+def report_redis(r: Report, data: dict[str, Any], s: Settings) -> None:
+    r.add(
+        "## 1d. The Redis store: trivial sync `/run`, memory vs Redis (loopback)",
+        "",
+        "The server of case 1 (`bench.apps:overhead`) twice: with the memory store (the "
+        "default) and with `FUNTASK_STORE=redis://127.0.0.1:PORT`, a `redis-server` of the "
+        "harness's own without persistence (each `/run` claims its jobId and settles its "
+        f"result: two Lua scripts). wrk as in case 1, {s.rounds} round(s) of "
+        f"{s.round_seconds:g} s per server after a {s.warmup:g} s warm-up, order rotated "
+        "per round; both servers on the same CPU (`taskset -c`, the last one), redis-server "
+        "wherever the scheduler puts it (its CPU shows under others').",
+        "",
+        "| server | requests/s | p50 | p99 | server CPU/request | non-2xx | per round (req/s) "
+        "| others' CPU |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    )
+    for key in ("memory", "redis"):
+        row = data[key]
+        rounds = ", ".join(f"{v:,.0f}" for v in row["rounds_rps"])
+        r.add(
+            f"| {row['label']} | {row['rps']:,.0f} | {row['p50_ms']:.2f} ms | "
+            f"{row['p99_ms']:.2f} ms | {row['cpu_us']:,.0f} µs | {row['non_2xx']} | {rounds} | "
+            f"{row['other_cores']:.2f} cores |"
+        )
+    rounds = data["round_ratios"]
+    r.add(
+        "",
+        f"- Redis / memory: **{data['ratio_rps']:.1%}** of the requests/s (median of the "
+        f"rounds {statistics.median(rounds):.1%}: " + ", ".join(f"{v:.0%}" for v in rounds) + ")",
+        f"- server CPU per request, Redis / memory: {data['ratio_cpu'] - 1:+.1%} "
+        f"({data['redis']['cpu_us'] - data['memory']['cpu_us']:+,.1f} µs)",
+        "",
+    )
+    r.target(
+        "Redis store: >= 65 % of the memory store's requests/s (loopback)",
+        f"{data['ratio_rps']:.1%}",
+        data["ratio_rps"] >= 0.65,
+    )
+
+
 REPORTERS: dict[str, Callable[..., None]] = {
     "overhead": report_overhead,
     "metrics": report_metrics,
     "store": report_store,
+    "redis": report_redis,
     "tracing": report_tracing,
     "progress": report_progress,
     "health": report_health,
@@ -1947,7 +2068,7 @@ def render(
     for case in CASES:
         if case in results:
             reporter = REPORTERS[case]
-            if case in ("overhead", "metrics", "tracing"):
+            if case in ("overhead", "metrics", "redis", "tracing"):
                 reporter(r, results[case], s)
             else:
                 reporter(r, results[case])
@@ -2058,6 +2179,7 @@ def main(argv: list[str] | None = None) -> None:
         "overhead": case_overhead,
         "metrics": case_metrics,
         "store": case_store,
+        "redis": case_redis,
         "tracing": case_tracing,
         "progress": case_progress,
         "health": case_health,

@@ -221,6 +221,17 @@ class HttpApi:
         else:
             job_id = new_job_id()
         current = slot.current
+        if (
+            current is not None
+            and current.record is not None
+            and current.callback_url is None
+            and runtime.keeper.persistent
+        ):
+            # A sync job whose caller was answered is still storing its result (one
+            # store round trip): the same caller's next request waits for the slot.
+            with trio.move_on_after(runtime.keeper.store.store_timeout):
+                await current.released.wait()
+            current = slot.current
         if current is not None:
             return _busy(runtime, task, current)
         keeper = runtime.keeper
@@ -228,7 +239,10 @@ class HttpApi:
             return _store_unavailable()
         job = runtime.runner.reserve(slot, job_id, Params(body.params), callback_url=callback_url)
         try:
-            claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
+            # Shielded (the call is bounded by store_timeout): a caller that goes away
+            # mid-claim must not leave the slot reserved or a claim nobody handles.
+            with trio.CancelScope(shield=True):
+                claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
         except StoreUnavailable as exc:
             runtime.runner.unreserve(slot, job)
             keeper.lost(exc)
@@ -263,12 +277,15 @@ class HttpApi:
             message = f"task {json.dumps(task, ensure_ascii=False)} not found"
             return unread_body_response(error_response(message, 404))
         job_id = request.args.get("jobId") or None
-        if job_id is None and slot.current is not None:
+        pool = runtime.keeper.store.pool
+        if job_id is None and (slot.current is not None or pool):
             # The body is read only when it could matter (Go never reads it).
             job_id = _stop_body_job_id(await read_body_limited(runtime.max_body_size))
         if job_id is not None and not validate_job_id(job_id):
             return unread_body_response(error_response("invalid jobId", 400))
         job = slot.current
+        if pool:
+            return await _stop_in_pool(runtime, task, job_id, job)
         if job is None:
             no_job = json_response({"task": task, "message": "No running job"})
             return unread_body_response(no_job)
@@ -378,6 +395,43 @@ class HttpApi:
         if problem is not None:
             return error_response(problem, 503)
         return json_response({"status": "ok"})
+
+
+async def _stop_in_pool(
+    runtime: Runtime, task: str, job_id: str | None, local: Job | None
+) -> Response:
+    """``/stop`` with a Redis store: the named job wherever it runs in the pool (rule 8).
+
+    The stop flag is set in the store; the owner acts on it at its next heartbeat
+    (a job of this process is also stopped at once). Without a jobId the task's
+    one job in the pool is stopped; several answer 409 naming them.
+    """
+    if local is not None and job_id is not None and local.job_id != job_id:
+        local = None
+    try:
+        if not runtime.keeper.ok:
+            raise StoreUnavailable(runtime.keeper.display, "not connected")
+        found = await runtime.store.request_stop(task, job_id)
+    except StoreUnavailable as exc:
+        runtime.keeper.lost(exc)
+        if local is None:
+            return _store_unavailable()
+        found = []
+    if len(found) > 1:
+        names = [job.job_id for job in found]
+        message = (
+            f"several jobs of task {json.dumps(task, ensure_ascii=False)} are running; "
+            "name one with jobId"
+        )
+        return json_response({"error": message, "task": task, "jobIds": names}, 409)
+    if found and local is not None and found[0].job_id != local.job_id:
+        local = None
+    if local is not None:
+        runtime.stop_job(local)
+    if not found and local is None:
+        return json_response({"task": task, "message": "No running job"})
+    stopped = found[0].job_id if found else job_id or (local.job_id if local else "")
+    return json_response({"task": task, "jobId": stopped, "message": "Cancellation requested"})
 
 
 def _store_unavailable() -> Response:

@@ -67,6 +67,7 @@ class Job:
         self.max_duration = max_duration
         self.cancel_reason: str | None = None
         self.finished = trio.Event()
+        self.released = trio.Event()  # the job left its slot (result handed over)
         self.record: FinishedJob | None = None
         self.unsent: str | None = None  # why a sync caller will not receive the result
         self.settled = False  # the result has been handed on (delivery or dead letter)
@@ -226,6 +227,7 @@ class JobRunner:
         finally:
             if slot.current is job:
                 slot.current = None
+            job.released.set()
             self._on_change()
 
     def finish(self, slot: TaskSlot, job: Job, result: Result) -> FinishedJob:

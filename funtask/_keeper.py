@@ -30,6 +30,7 @@ from ._stores.base import (
     HeldJob,
     Store,
     StoredJob,
+    StoreStatus,
     StoreUnavailable,
     restore_finished_job,
 )
@@ -83,6 +84,7 @@ class StoreKeeper:
         self.back = trio.Event()
         self.back.set()
         self._seen_version = -1
+        self.pool_view: StoreStatus | None = None  # a pool's instances and running jobs
 
     @property
     def display(self) -> str:
@@ -124,7 +126,7 @@ class StoreKeeper:
     async def start(self) -> None:
         """Open the store and finish what a previous process left (before ``/readyz``)."""
         if not self.persistent:
-            await self.store.open()
+            await self._open_store()
             self.opened = True
             return
         try:
@@ -145,10 +147,22 @@ class StoreKeeper:
             except StoreUnavailable:
                 logger.warning("result store %s: could not close cleanly", self.display)
 
+    async def _open_store(self) -> None:
+        """Open the store; one with a ``serve`` task (Redis) runs it in the server's nursery.
+
+        That task owns the store's client (coredis's owns a task group), so it must
+        live in the nursery rather than be entered here and left in :meth:`aclose`.
+        """
+        serve = getattr(self.store, "serve", None)
+        if serve is not None:
+            await self.runtime.nursery.start(serve)
+        else:
+            await self.store.open()
+
     async def _open_and_recover(self) -> None:
         runtime = self.runtime
         if not self.opened:
-            await self.store.open()
+            await self._open_store()
             self.opened = True
         await self._offer_unstored_letters()
         recovered = await self.store.recover()
@@ -379,9 +393,21 @@ class StoreKeeper:
                     continue
                 for record in swept:
                     self._adopt(record)
+            await self._refresh_pool()
             if beat.version != self._seen_version:
                 self._seen_version = beat.version
                 await self._refresh_views()
+
+    async def _refresh_pool(self) -> None:
+        """The pool view (instances, running jobs and their steps), at every heartbeat."""
+        try:
+            view = await self.store.status()
+        except StoreUnavailable as exc:
+            self.lost(exc)
+            return
+        if view != self.pool_view:
+            self.pool_view = view
+            self.runtime.notifier.bump()
 
     async def _refresh_views(self) -> None:
         runtime = self.runtime

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -309,7 +310,35 @@ class Runtime:
         if self.keeper.persistent:
             document["instance"] = self.instance
             document["store"] = "ok" if self.keeper.ok else "unavailable"
+        if self.keeper.store.pool:
+            document["pool"] = self._pool_document()
         return document
+
+    def _pool_document(self) -> dict[str, Any]:
+        """``/health``'s ``pool``: instances and running jobs as of the last heartbeat."""
+        view = self.keeper.pool_view
+        if view is None:
+            return {"instances": [], "running": []}
+        wall = time.time()
+        running = []
+        for job in view.running:
+            entry: dict[str, Any] = {
+                "task": job.task,
+                "jobId": job.job_id,
+                "instance": job.instance,
+                "started": rfc3339(job.started),
+                "running": format_duration_seconds(max(0.0, wall - job.started)),
+            }
+            if job.last_step:
+                entry["currentStep"] = job.last_step
+            if job.state == "delivering":
+                entry["delivering"] = True
+            running.append(entry)
+        instances = [
+            {"instance": info.instance, "lastSeen": rfc3339(info.last_seen)}
+            for info in view.instances
+        ]
+        return {"instances": instances, "running": running}
 
     def health_body(self) -> bytes:
         """The ``/health`` document serialised, cached per change and per displayed second.

@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import stat
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,10 @@ def test_store_settings_are_validated_with_everything_else(tmp_path: Path) -> No
         ("redis://u:secret@h", "needs the redis extra (coredis is not importable)"),
     ],
 )
-def test_store_url_problems(tmp_path: Path, store: str, fragment: str) -> None:
+def test_store_url_problems(
+    tmp_path: Path, store: str, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "coredis", None)  # as if the redis extra were missing
     server = build_server(tmp_path, store=store)
     with pytest.raises(funtask.ConfigError) as info:
         server.validate()
