@@ -206,6 +206,11 @@ def _explore(
     @given(case=strategy)
     def explore(case: schemathesis.Case) -> None:
         tally.requests += 1
+        if headers:
+            # Record the auth header we send in the case itself, so that the
+            # negative-data check judges the request that was really made (a
+            # "missing Authorization" negation is undone by the header we add).
+            case.headers = {**(case.headers or {}), **headers}
         try:
             # A fresh connection per request (no session): on a reused keep-alive
             # connection an early answer can hang the next request; see
