@@ -851,6 +851,7 @@ class RedisStore(Store):
             elif status == "lost":
                 lost.add(key)
                 self._mine.pop(key, None)
+                self._unmarked.pop(key, None)
             elif status == "missing" and not await self._restore(held):
                 lost.add(key)
         return Heartbeat(version=int(answer[0]), stop=frozenset(stop), lost=frozenset(lost))
