@@ -307,6 +307,21 @@ async def test_status(store_url: str) -> None:
         assert dict(status.results) == {"t": 1, "u": 1}
 
 
+async def test_status_counts_every_stored_result(store_url: str) -> None:
+    async with open_store(store_url, result_history=2) as store:
+        for index in range(5):
+            job_id = f"j{index}"
+            await store.claim("t", job_id, callback_url=None)
+            await store.settle("t", job_id, result(job_id), webhook_id="w", delivering=False)
+        await store.claim("t", "cb", callback_url="http://h/cb")
+        await store.settle("t", "cb", result("cb"), webhook_id="w", delivering=True)
+        status = await store.status()
+        # A persistent store keeps every result for result_ttl, whatever the history
+        # length; the memory store keeps its history (as Go does).
+        expected = 6 if store.persistent else 2
+        assert dict(status.results) == {"t": expected}
+
+
 async def test_recover_after_a_crash(store_url: str) -> None:
     # Redis recovers jobs whose lease expired (judged by Redis's clock): a short lease.
     lease: dict[str, Any] = {"store_lease": 1.0} if store_url.startswith("redis") else {}

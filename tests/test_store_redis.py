@@ -383,3 +383,95 @@ async def test_concurrent_claims_and_settles_share_calls(redis_server: RedisServ
         evalsha = next(line for line in commands.splitlines() if "evalsha" in line)
         calls = int(evalsha.split("calls=")[1].split(",")[0])
         assert calls < 20, evalsha  # 42 claims and settles, batched
+
+
+def launched(redis_server: RedisServer, job_id: str) -> str:
+    return redis_server.cli("HGET", "{funtask:pool}:job:t:" + job_id, "launched")
+
+
+async def test_status_counts_results_until_they_expire(redis_server: RedisServer) -> None:
+    async with opened(redis_server.url, result_history=2, result_ttl=2.0) as store:
+
+        async def store_results(*job_ids: str) -> None:
+            for job_id in job_ids:
+                await store.claim("t", job_id, callback_url=None)
+                record = finished_job("t", job_id, funtask.ok(job_id), 0.1)
+                await store.settle("t", job_id, record, webhook_id="w", delivering=False)
+
+        await store_results("a1", "a2", "a3")
+        await trio.sleep(1.3)
+        await store_results("b1", "b2")
+        # Every stored result, not the history's two.
+        assert dict((await store.status()).results) == {"t": 5}
+        assert len(await store.history("t", 10)) == 2
+        assert 0 < int(redis_server.cli("PTTL", "{funtask:pool}:done:t")) <= 2000
+        await trio.sleep(1.0)  # a1..a3 expired (finished + 2 s), b1 and b2 not yet
+        assert dict((await store.status()).results) == {"t": 2}
+        assert await store.lookup("a1") is None
+        # Settling prunes the expired members; the set expires with its newest one.
+        await store_results("c1")
+        assert redis_server.cli("ZCARD", "{funtask:pool}:done:t") == "3"
+        await trio.sleep(2.1)
+        assert dict((await store.status()).results) == {}
+        assert redis_server.cli("EXISTS", "{funtask:pool}:done:t") == "0"
+
+
+async def test_a_claim_that_never_started_is_deleted_not_settled(
+    redis_server: RedisServer,
+) -> None:
+    async with (
+        opened(redis_server.url, store_lease=1.0) as dead,
+        opened(redis_server.url, store_lease=1.0, instance="b") as sweeper,
+    ):
+        # A claim whose answer was lost: the script ran, the caller never heard back
+        # (it answered 503 and would have released it, but the process died first).
+        key = dead._job_key("t", "lost-answer")
+        args = [dead.token, dead.instance, "t:lost-answer", dead._lease_ms, "t", "lost-answer"]
+        answer = await dead._script(
+            "claim", "CLAIM", [key, dead._leases, dead._version], [*args, "", ""]
+        )
+        assert answer[0] == "claimed"
+        assert launched(redis_server, "lost-answer") == "0"
+        # A claim answered: its job starts. Without a callback it is marked with the
+        # next batch of claims and settles or the next heartbeat...
+        await dead.claim("t", "sync", callback_url=None)
+        assert launched(redis_server, "sync") == "0"
+        await dead.claim("t", "other", callback_url=None)
+        assert launched(redis_server, "sync") == "1"
+        assert launched(redis_server, "other") == "0"
+        # ...the heartbeat marks the answered claims it holds, never the lost one
+        # (its slot is still reserved while the claim is in flight).
+        held = [HeldJob("t", "other"), HeldJob("t", "lost-answer")]
+        assert not (await dead.heartbeat(held)).lost
+        assert launched(redis_server, "other") == "1"
+        assert launched(redis_server, "lost-answer") == "0"
+        # With a callback, before the claim returns (before the 202).
+        await dead.claim("t", "cb", callback_url="http://cb.example/x")
+        assert launched(redis_server, "cb") == "1"
+        await trio.sleep(1.2)  # every lease expires: the process is gone
+        swept = {job.job_id: job for job in await sweeper.recover()}
+        assert sorted(swept) == ["cb", "other", "sync"]
+        for job in swept.values():
+            assert job.result is not None
+            assert job.result.result.error_code == "worker_lost"
+        # The never-started claim: no result, no record, no lease; the jobId is free.
+        assert await sweeper.find("t", "lost-answer") is None
+        assert await sweeper.lookup("lost-answer") is None
+        assert redis_server.cli("ZSCORE", "{funtask:pool}:leases", "t:lost-answer") == ""
+        assert await sweeper.recover() == []
+        status = await sweeper.status()
+        assert dict(status.results) == {"t": 3}
+        assert {job.job_id for job in status.running} == {"cb"}  # delivering
+        claim = await sweeper.claim("t", "lost-answer", callback_url=None)
+        assert claim.status == "claimed" and claim.job.token == sweeper.token
+        # Its owner, back, cannot release what is no longer its claim.
+        await dead.release("t", "lost-answer")
+        assert await sweeper.find("t", "lost-answer") is not None
+
+
+async def test_release_keeps_a_launched_claim(redis_server: RedisServer) -> None:
+    async with opened(redis_server.url) as store:
+        await store.claim("t", "started", callback_url="http://cb.example/x")
+        assert launched(redis_server, "started") == "1"
+        await store.release("t", "started")
+        assert await store.find("t", "started") is not None

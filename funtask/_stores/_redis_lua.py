@@ -10,8 +10,16 @@ A job record (``T:job:<task>:<jobId>``) is a hash with the fields ``task``,
 ``job``, ``state`` (``running`` / ``delivering`` / ``done``), ``token``,
 ``instance``, ``started``, ``renewed``, ``finished`` (ms), ``cb`` (callback
 URL, empty for none), ``step``, ``stop`` (``1`` once asked to stop),
-``trace``, ``whid`` (webhook-id), ``body`` (the job response), ``delivery``
-and ``attempts``.
+``trace``, ``whid`` (webhook-id), ``body`` (the job response), ``delivery``,
+``attempts`` and ``launched`` (``0`` from the claim until the owner, having
+had the claim's answer, marks it ``1``: a record whose lease expires while
+``0`` is a claim whose answer was lost, deleted by the sweeper rather than
+settled as ``worker_lost``; a record without the field counts as launched).
+
+``T:done:<task>`` is a sorted set of the task's results (member the jobId,
+score its expiry in ms: finished + ``result_ttl``), pruned of expired ones
+whenever a result is added and expiring with its newest member, so that
+``store status`` counts every stored result with one ``ZCOUNT`` per task.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from typing import Final
 
 __all__ = [
     "CLAIM",
+    "COUNTS",
     "DELIVERED",
     "HEARTBEAT",
-    "LENGTHS",
     "LIVE",
+    "MARK",
     "OPS_MANY",
     "READ",
     "READ_CHANGED",
@@ -52,6 +61,14 @@ local function set_latest(key, finished, task, ttl)
   redis.call('SET', key, string.format('%d', finished) .. '|' .. task,
     'PXAT', string.format('%d', finished + ttl))
 end
+
+-- Count a result in T:done:<task> until it expires; drop the expired ones.
+local function count_done(key, job, expires, now)
+  redis.call('ZADD', key, string.format('%d', expires), job)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now))
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', key, last[2]) end
+end
 """
 
 # KEYS: job, leases, version
@@ -73,7 +90,7 @@ if state then
 end
 redis.call('HSET', KEYS[1], 'task', ARGV[5], 'job', ARGV[6], 'state', 'running',
   'token', ARGV[1], 'instance', ARGV[2], 'started', now, 'renewed', now,
-  'cb', ARGV[7], 'trace', ARGV[8])
+  'cb', ARGV[7], 'trace', ARGV[8], 'launched', '0')
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
 redis.call('INCR', KEYS[3])
 return {'claimed', now}
@@ -84,17 +101,17 @@ CLAIM: Final = _NOW + _CLAIM_ONE + "return one(KEYS, ARGV)\n"
 
 # KEYS: job, leases, version
 # ARGV: token, lease member
-# -> 1 if deleted, 0 if the record is not this token's unfinished claim
+# -> 1 if deleted, 0 if the record is not this token's claim of a job that never started
 RELEASE: Final = """
-local rec = redis.call('HMGET', KEYS[1], 'state', 'token')
-if rec[1] ~= 'running' or rec[2] ~= ARGV[1] then return 0 end
+local rec = redis.call('HMGET', KEYS[1], 'state', 'token', 'launched')
+if rec[1] ~= 'running' or rec[2] ~= ARGV[1] or rec[3] == '1' then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('INCR', KEYS[3])
 return 1
 """
 
-# KEYS: job, leases, version, latest, history, tasks
+# KEYS: job, leases, version, latest, history, tasks, done
 # ARGV: token, instance, lease member, target state ('delivering' | 'done'), body,
 #       webhook-id, finished ms (0: now; the result expires result_ttl after it),
 #       result ttl ms, history length, task, jobId, lease ms, callback, delivery
@@ -127,6 +144,7 @@ if first then
     'instance', ARGV[2], 'body', ARGV[5], 'whid', ARGV[6], 'finished', finished,
     'cb', ARGV[13])
   set_latest(KEYS[4], finished, ARGV[10], tonumber(ARGV[8]))
+  count_done(KEYS[7], ARGV[11], finished + tonumber(ARGV[8]), now)
   redis.call('SADD', KEYS[6], ARGV[10])
   redis.call('LREM', KEYS[5], 0, ARGV[11])
   redis.call('LPUSH', KEYS[5], ARGV[11])
@@ -149,7 +167,8 @@ end
 SETTLE: Final = _NOW + _LATEST + _SETTLE_ONE + "return one(KEYS, ARGV)\n"
 
 # KEYS: instances, leases, version, then one job key per held job
-# ARGV: instance member, lease ms, token, then per held job: lease member, last step
+# ARGV: instance member, lease ms, token, then per held job: lease member, last step,
+#       '1' if its claim was answered (the job started: its record is marked launched)
 # -> {version, now, status per job...}; a status is 'ok', 'stop', 'lost' (another
 #    token, or finished without it), 'missing' (the record is gone: Redis lost it)
 HEARTBEAT: Final = (
@@ -160,7 +179,7 @@ redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 100 * lease)
 local out = {tonumber(redis.call('GET', KEYS[3]) or '0'), now}
 for i = 4, #KEYS do
-  local b = 4 + (i - 4) * 2
+  local b = 4 + (i - 4) * 3
   local rec = redis.call('HMGET', KEYS[i], 'state', 'token', 'stop')
   local status
   if not rec[1] then
@@ -173,6 +192,7 @@ for i = 4, #KEYS do
     if rec[1] == 'running' then
       redis.call('HSET', KEYS[i], 'renewed', now)
       if ARGV[b + 1] ~= '' then redis.call('HSET', KEYS[i], 'step', ARGV[b + 1]) end
+      if ARGV[b + 2] == '1' then redis.call('HSET', KEYS[i], 'launched', '1') end
     end
     redis.call('ZADD', KEYS[2], now + lease, ARGV[b])
     if rec[3] == '1' then status = 'stop' else status = 'ok' end
@@ -183,7 +203,7 @@ return out
 """
 )
 
-# KEYS: job, leases, version, latest, history
+# KEYS: job, leases, version, latest, history, done, tasks
 # ARGV: lease member, lease ms, result ttl ms, history length, task, jobId, then field,
 #       value pairs of the whole record
 # -> 1 if written back, 0 if a record exists (then it is left alone)
@@ -200,6 +220,8 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
   local finished = tonumber(redis.call('HGET', KEYS[1], 'finished')) or now
   set_latest(KEYS[4], finished, ARGV[5], tonumber(ARGV[3]))
+  count_done(KEYS[6], ARGV[6], finished + tonumber(ARGV[3]), now)
+  redis.call('SADD', KEYS[7], ARGV[5])
   redis.call('LREM', KEYS[5], 0, ARGV[6])
   redis.call('LPUSH', KEYS[5], ARGV[6])
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[4]) - 1)
@@ -257,28 +279,37 @@ end
 return out
 """
 
-# KEYS: job, leases, version, latest, history, tasks
+# KEYS: job, leases, version, latest, history, tasks, done
 # ARGV: expected token, new token, instance, lease member, lease ms, body (empty:
 #       the record is delivering and keeps its result), webhook-id, result ttl ms,
 #       history length, task, jobId
 # -> {'taken', now, <HGETALL after>...} | {'skip'} (lease renewed or token changed)
-#    | {'gone'} (no record: its lease entry is dropped)
+#    | {'gone'} (no record: its lease entry is dropped) | {'released'} (a claim whose
+#    answer was lost: the job never started, so its record is deleted, not settled)
 TAKE_OVER: Final = (
     _NOW
     + _LATEST
     + """
 local deadline = redis.call('ZSCORE', KEYS[2], ARGV[4])
 if not deadline or tonumber(deadline) > now then return {'skip'} end
-local rec = redis.call('HMGET', KEYS[1], 'state', 'token', 'cb')
+local rec = redis.call('HMGET', KEYS[1], 'state', 'token', 'cb', 'launched')
 if not rec[1] or rec[1] == 'done' then
   redis.call('ZREM', KEYS[2], ARGV[4])
   return {'gone'}
 end
-if rec[2] ~= ARGV[1] or (rec[1] == 'running' and ARGV[6] == '') then return {'skip'} end
+if rec[2] ~= ARGV[1] then return {'skip'} end
+if rec[1] == 'running' and rec[4] == '0' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('INCR', KEYS[3])
+  return {'released'}
+end
+if rec[1] == 'running' and ARGV[6] == '' then return {'skip'} end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'instance', ARGV[3])
 if rec[1] == 'running' then
   redis.call('HSET', KEYS[1], 'body', ARGV[6], 'whid', ARGV[7], 'finished', now)
   set_latest(KEYS[4], now, ARGV[10], tonumber(ARGV[8]))
+  count_done(KEYS[7], ARGV[11], now + tonumber(ARGV[8]), now)
   redis.call('SADD', KEYS[6], ARGV[10])
   redis.call('LREM', KEYS[5], 0, ARGV[11])
   redis.call('LPUSH', KEYS[5], ARGV[11])
@@ -329,23 +360,44 @@ redis.call('INCR', KEYS[3])
 return 1
 """
 
-# KEYS: history lists -> their lengths
-LENGTHS: Final = """
+# KEYS: T:done:<task> sets -> how many results of each have not expired
+COUNTS: Final = (
+    _NOW
+    + """
 local out = {}
-for i = 1, #KEYS do out[i] = redis.call('LLEN', KEYS[i]) end
+local after = '(' .. string.format('%d', now)
+for i = 1, #KEYS do out[i] = redis.call('ZCOUNT', KEYS[i], after, '+inf') end
 return out
 """
+)
+
+_MARK_ONE: Final = """
+local function mark_one(KEYS, ARGV)
+  for i = 1, #KEYS do
+    local rec = redis.call('HMGET', KEYS[i], 'state', 'token')
+    if rec[1] == 'running' and rec[2] == ARGV[1] then
+      redis.call('HSET', KEYS[i], 'launched', '1')
+    end
+  end
+  return 1
+end
+"""
+
+# KEYS: job keys; ARGV: token -> 1. Marks this token's running records launched: their
+# claims were answered, so their jobs started (see the module docstring).
+MARK: Final = _MARK_ONE + "return mark_one(KEYS, ARGV)\n"
 
 
-# Claims and settles in one call (those one scheduling tick brought):
-# ARGV[1] = n, then per call its kind ('claim' | 'settle'), its number of keys and of
-# arguments, then those arguments; KEYS holds each call's keys in turn (as CLAIM's and
-# SETTLE's). -> {each call's answer}
+# Claims, settles and marks in one call (those one scheduling tick brought):
+# ARGV[1] = n, then per call its kind ('claim' | 'settle' | 'mark'), its number of keys and of
+# arguments, then those arguments; KEYS holds each call's keys in turn (as CLAIM's,
+# SETTLE's and MARK's). -> {each call's answer}
 OPS_MANY: Final = (
     _NOW
     + _LATEST
     + _CLAIM_ONE.replace("local function one(", "local function claim_one(")
     + _SETTLE_ONE.replace("local function one(", "local function settle_one(")
+    + _MARK_ONE
     + """
 local out = {}
 local ki, ai = 0, 1
@@ -356,7 +408,13 @@ for i = 1, tonumber(ARGV[1]) do
   for j = 1, nk do k[j] = KEYS[ki + j] end
   for j = 1, na do a[j] = ARGV[ai + j] end
   ki, ai = ki + nk, ai + na
-  if kind == 'claim' then out[i] = claim_one(k, a) else out[i] = settle_one(k, a) end
+  if kind == 'claim' then
+    out[i] = claim_one(k, a)
+  elseif kind == 'mark' then
+    out[i] = mark_one(k, a)
+  else
+    out[i] = settle_one(k, a)
+  end
 end
 return out
 """

@@ -24,7 +24,7 @@ import logging
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -94,7 +94,8 @@ _SCRIPTS: Final = {
         "READ_CHANGED",
         "TAKE_OVER",
         "STOP",
-        "LENGTHS",
+        "COUNTS",
+        "MARK",
     )
     for source in [getattr(lua, name)]
 }
@@ -104,7 +105,7 @@ class _Batch:
     """Calls of one script gathered in one scheduling tick (see ``RedisStore._batched``)."""
 
     def __init__(self, calls: list[tuple[str, list[str], list[Any]]]) -> None:
-        self.calls = calls
+        self.calls = calls  # (kind: 'claim' | 'settle' | 'mark', keys, arguments)
         self.done = trio.Event()
         self.answers: list[Any] = []
         self.error: StoreUnavailable | None = None
@@ -226,7 +227,11 @@ class RedisStore(Store):
         # The records this process holds (claimed or taken over), to write back
         # if Redis loses them (restarted empty).
         self._mine: dict[tuple[str, str], dict[str, str]] = {}
-        self._batch: _Batch | None = None  # the claims and settles being gathered
+        self._batch: _Batch | None = None  # the claims, settles and marks being gathered
+        # (task, jobId) -> job key: claims answered ``claimed`` (so their jobs started)
+        # whose records are not yet marked ``launched``; marked with the next batch of
+        # claims and settles or the next heartbeat, at once for a job with a callback.
+        self._unmarked: dict[tuple[str, str], str] = {}
         # task -> jobId -> (webhook-id, result): the results history() last returned.
         self._history_cache: dict[str, dict[str, tuple[str, FinishedJob]]] = {}
 
@@ -245,6 +250,9 @@ class RedisStore(Store):
 
     def _latest_key(self, job_id: str) -> str:
         return f"{self._prefix}latest:{job_id}"
+
+    def _done_key(self, task: str) -> str:
+        return f"{self._prefix}done:{task}"
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -520,32 +528,46 @@ class RedisStore(Store):
 
         return _decode(await self._call(operation, run))
 
-    async def _batched(self, operation: str, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run script ``name`` (CLAIM or SETTLE), sharing one call with those of the same tick.
+    async def _batched(self, kind: str, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``name`` (CLAIM, SETTLE or MARK), sharing one call with those of the
+        same tick; ``kind`` is ``claim``, ``settle`` or ``mark``.
 
         Under load many jobs claim and settle at once; each call to Redis costs the
         process far more than the script does, so the claims and settles a
         scheduling tick brings are sent as one ``OPS_MANY``. The first caller leads:
-        it yields (shielded, so the batch always runs), then sends everyone's calls.
+        it yields (shielded, so the batch always runs), then sends everyone's calls,
+        with the marks of the claims answered so far (:attr:`_unmarked`).
         """
+        operation = "settle" if kind == "settle" else "claim"
         batch = self._batch
         if batch is not None:  # join the batch the leader is about to send
             index = len(batch.calls)
-            batch.calls.append((operation, keys, args))
+            batch.calls.append((kind, keys, args))
             await batch.done.wait()
             if batch.error is not None:
                 raise StoreUnavailable(self.display, batch.error.reason)
             return batch.answers[index]
-        batch = self._batch = _Batch([(operation, keys, args)])
+        batch = self._batch = _Batch([(kind, keys, args)])
         with trio.CancelScope(shield=True):
             try:
                 await trio.lowlevel.checkpoint()
                 await trio.lowlevel.checkpoint()
             finally:
                 self._batch = None
+            # Every job whose claim was answered by now has been launched (the caller
+            # launches it before it yields): mark them along.
+            marked = dict(self._unmarked)
+            if marked:
+                marks = ("mark", list(marked.values()), [self.token])
+                if batch.calls == [("mark", [], [self.token])]:  # a flush of the marks alone
+                    batch.calls[0] = marks
+                else:
+                    batch.calls.append(marks)
             try:
                 if len(batch.calls) == 1:
-                    batch.answers = [await self._script(operation, name, keys, args)]
+                    _, keys, args = batch.calls[0]
+                    answer = await self._script(operation, name, keys, args) if keys else 1
+                    batch.answers = [answer]
                 else:
                     flat_keys = [key for _, call_keys, _ in batch.calls for key in call_keys]
                     flat_args: list[Any] = [len(batch.calls)]
@@ -557,6 +579,8 @@ class RedisStore(Store):
                 raise
             finally:
                 batch.done.set()
+            for key in marked:
+                self._unmarked.pop(key, None)
         return batch.answers[0]
 
     def _record(self, fields: dict[str, str]) -> StoredJob | None:
@@ -628,8 +652,17 @@ class RedisStore(Store):
                 "renewed": now,
                 "cb": callback_url or "",
                 "trace": trace or "",
+                "launched": "1",  # as written back if Redis loses it: the job runs
             }
             self._mine[(task, job_id)] = fields
+            # The claim was answered, so the caller launches the job: mark its record
+            # launched (a record left unmarked is a claim whose answer was lost, deleted
+            # by the sweeper rather than settled as worker_lost). A job with a callback
+            # is marked before its 202; otherwise with the next batch or heartbeat.
+            self._unmarked[(task, job_id)] = key
+            if callback_url is not None:
+                with suppress(StoreUnavailable):  # else the next batch or heartbeat marks it
+                    await self._batched("mark", "MARK", [], [self.token])
             job = self._record(fields)
             assert job is not None
             return Claim("claimed", job)
@@ -646,6 +679,7 @@ class RedisStore(Store):
             [self.token, f"{task}:{job_id}"],
         )
         self._mine.pop((task, job_id), None)
+        self._unmarked.pop((task, job_id), None)
 
     async def settle(
         self,
@@ -661,6 +695,7 @@ class RedisStore(Store):
         body = result.body
         state: JobState = "delivering" if delivering else "done"
         mine = self._mine.get((task, job_id), {})
+        self._unmarked.pop((task, job_id), None)  # a settled job needs no mark
         answer = await self._batched(
             "settle",
             "SETTLE",
@@ -671,6 +706,7 @@ class RedisStore(Store):
                 self._latest_key(job_id),
                 self._history_key(task),
                 self._tasks,
+                self._done_key(task),
             ],
             [
                 token or self.token,
@@ -795,10 +831,17 @@ class RedisStore(Store):
         """Renew leases, stamp steps, record this instance; write back lost records."""
         keys = [self._instances, self._leases, self._version]
         args: list[Any] = [self._member, self._lease_ms, self.token]
+        marked = []
         for held in jobs:
+            key = (held.task, held.job_id)
             keys.append(self._job_key(held.task, held.job_id))
-            args += [f"{held.task}:{held.job_id}", held.last_step]
+            mark = key in self._unmarked
+            if mark:
+                marked.append(key)
+            args += [f"{held.task}:{held.job_id}", held.last_step, "1" if mark else "0"]
         answer = await self._script("heartbeat", "HEARTBEAT", keys, args)
+        for key in marked:
+            self._unmarked.pop(key, None)
         stop: set[tuple[str, str]] = set()
         lost: set[tuple[str, str]] = set()
         for held, status in zip(jobs, answer[2:], strict=False):
@@ -808,6 +851,7 @@ class RedisStore(Store):
             elif status == "lost":
                 lost.add(key)
                 self._mine.pop(key, None)
+                self._unmarked.pop(key, None)
             elif status == "missing" and not await self._restore(held):
                 lost.add(key)
         return Heartbeat(version=int(answer[0]), stop=frozenset(stop), lost=frozenset(lost))
@@ -831,6 +875,8 @@ class RedisStore(Store):
                 self._version,
                 self._latest_key(held.job_id),
                 self._history_key(held.task),
+                self._done_key(held.task),
+                self._tasks,
             ],
             [
                 f"{held.task}:{held.job_id}",
@@ -873,6 +919,7 @@ class RedisStore(Store):
                     self._latest_key(job_id),
                     self._history_key(task),
                     self._tasks,
+                    self._done_key(task),
                 ],
                 [
                     job.token if job is not None else "",
@@ -888,6 +935,15 @@ class RedisStore(Store):
                     job_id,
                 ],
             )
+            if answer[0] == "released":
+                logger.info(
+                    "[%s %s] deleted a claim of %s that never started (lease expired)",
+                    task,
+                    job_id,
+                    job.instance if job is not None else "?",
+                    extra={"task": task, "jobId": job_id, "instance": self.instance},
+                )
+                continue
             if answer[0] != "taken":
                 continue
             fields = _pairs(answer[2:])
@@ -929,7 +985,8 @@ class RedisStore(Store):
         return [job for job in jobs if job is not None and job.state != "done"]
 
     async def status(self) -> StoreStatus:
-        """The pool: instances seen within ``store_lease`` and jobs with a live lease."""
+        """The pool: instances seen within ``store_lease``, jobs with a live lease and the
+        results stored per task (one ``ZCOUNT`` of ``T:done:<task>`` each)."""
         _, leases, instances = await self._live("status")
         jobs = await self._read("status", [self._prefix + "job:" + m for m in leases])
         running = tuple(job for job in jobs if job is not None and job.state != "done")
@@ -938,9 +995,10 @@ class RedisStore(Store):
             return await client.smembers(_encode(self._tasks))
 
         tasks = sorted(_decode(list(await self._call("status", smembers))))
-        keys = [self._history_key(task) for task in tasks]
-        lengths = await self._script("status", "LENGTHS", keys, []) if keys else []
-        results = {task: int(n) for task, n in zip(tasks, lengths, strict=True) if n}
+        keys = [self._done_key(task) for task in tasks]
+        # Every result stored (until its result_ttl), not just the history's.
+        counts = await self._script("status", "COUNTS", keys, []) if keys else []
+        results = {task: int(n) for task, n in zip(tasks, counts, strict=True) if n}
         return StoreStatus(
             store=self.display, instances=tuple(instances), running=running, results=results
         )
