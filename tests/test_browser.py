@@ -285,7 +285,10 @@ def test_run_then_stop_a_countdown(page: Page) -> None:
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
 
-    countdown.locator(".stop-button").click()
+    with page.expect_request("**/stop/**") as stop_request:
+        countdown.locator(".stop-button").click()
+    # The Stop button names the job it stops (SPEC section 5 rule 8).
+    assert re.search(r"/stop/countdown\?jobId=[^&]+$", stop_request.value.url)
     expect(countdown.locator(".status-badge")).to_have_text("idle")
     expect(countdown.locator(".last-result .error-code")).to_have_text("cancelled")
     expect(countdown.locator(".last-result")).to_contain_text("job cancelled via /stop")
@@ -300,6 +303,10 @@ def test_run_then_stop_a_countdown(page: Page) -> None:
 def test_sparkline_and_instance(page: Page) -> None:
     sign_in(page)
     expect(page.locator("#instance-name")).to_have_text(INSTANCE)
+    # The memory store: no store state, no pool.
+    expect(page.locator("#store-status")).to_be_hidden()
+    expect(page.locator("#pool")).to_be_hidden()
+    expect(card(page, "greet").locator(".card-pool")).to_be_hidden()
     greet, failing = card(page, "greet"), card(page, "fail-demo")
     # Results already in the history when the page loaded are not counted.
     expect(greet.locator(".spark-caption")).to_have_text("0 ok · 0 failed · last 5 min")

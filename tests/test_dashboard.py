@@ -234,6 +234,10 @@ def test_page_has_the_ids_the_tests_rely_on() -> None:
         "instance-name",
         "connection",
         "sign-out",
+        "store-status",
+        "pool",
+        "pool-instances",
+        "pool-running",
     ):
         assert expected in ids
 
