@@ -23,7 +23,7 @@ from ._keeper import STORE_UNAVAILABLE
 from ._openapi import openapi_body
 from ._params import Params
 from ._request import RequestError, new_job_id, parse_run_body, validate_job_id
-from ._stores.base import Claim, StoreUnavailable
+from ._stores.base import Claim, StoredJob, StoreUnavailable
 from ._wire import dumps
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ class HttpApi:
                 claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
         except StoreUnavailable as exc:
             runtime.runner.unreserve(slot, job)
-            keeper.lost(exc)
+            keeper.failed("claim", exc)
             runtime.nursery.start_soon(keeper.release_later, task, job_id)
             return _store_unavailable()
         if claim.status != "claimed":
@@ -312,7 +312,7 @@ class HttpApi:
         try:
             found = await runtime.store.lookup(job_id)
         except StoreUnavailable as exc:
-            runtime.keeper.lost(exc)
+            runtime.keeper.failed("lookup", exc)
             return _store_unavailable()
         if found is None or found.result is None:
             return error_response("result not found", 404)
@@ -408,15 +408,16 @@ async def _stop_in_pool(
     """
     if local is not None and job_id is not None and local.job_id != job_id:
         local = None
+    found: list[StoredJob] = []
     try:
-        if not runtime.keeper.ok:
-            raise StoreUnavailable(runtime.keeper.display, "not connected")
-        found = await runtime.store.request_stop(task, job_id)
+        if runtime.keeper.ok:
+            found = await runtime.store.request_stop(task, job_id)
+        elif local is None:
+            return _store_unavailable()
     except StoreUnavailable as exc:
-        runtime.keeper.lost(exc)
+        runtime.keeper.failed("stop", exc)
         if local is None:
             return _store_unavailable()
-        found = []
     if len(found) > 1:
         names = [job.job_id for job in found]
         message = (
@@ -483,7 +484,7 @@ async def _stored_or_running(runtime: Runtime, task: str, job_id: str) -> Respon
     try:
         found = await runtime.store.find(task, job_id)
     except StoreUnavailable as exc:
-        runtime.keeper.lost(exc)
+        runtime.keeper.failed("lookup", exc)
         return _store_unavailable()
     if found is None:
         return None

@@ -72,6 +72,7 @@ class Job:
         self.unsent: str | None = None  # why a sync caller will not receive the result
         self.settled = False  # the result has been handed on (delivery or dead letter)
         self.delivery_stopped = False
+        self.lease_lost = False  # the store's heartbeat found its lease lost (reported once)
         self.delivery_scope: trio.CancelScope | None = None
         self.thread_scope: trio.CancelScope | None = None
         # Tracing (SPEC 6): the /run request's headers, for the job_started hook only;

@@ -6,7 +6,9 @@ the background after an outage (backoff up to 5 s, one log line when the
 store is lost and one when it is back), runs the heartbeat and the
 housekeeping of persistent stores, settles results (rule 6: stored first,
 then delivered; an unstorable result waits as an ``unstored`` dead letter)
-and, at start-up, finishes what a previous process left behind.
+and, at start-up, finishes what a previous process left behind. It tells the
+runtime's observer (the store metrics) when the store is up or lost, which
+calls failed, which jobs it recovered and which leases it lost.
 
 The memory store needs none of the background work: with it the keeper
 starts no task and every call answers without yielding.
@@ -17,12 +19,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final, Literal
 
 import trio
 
 from ._callbacks import DeliveryReport
 from ._deadletters import DeadLetter, scan_dead_letters, update_dead_letter, write_dead_letter
+from ._observe import RecoveredState, StoreOperation
 from ._run import job_log
 from ._stores import create_store
 from ._stores.base import (
@@ -93,6 +98,20 @@ class StoreKeeper:
 
     # -- outages ----------------------------------------------------------------
 
+    def failed(self, operation: StoreOperation, exc: StoreUnavailable) -> None:
+        """A store call for ``operation`` did not answer: count it, then :meth:`lost`."""
+        self.runtime.observer.store_error(operation)
+        self.lost(exc)
+
+    @contextmanager
+    def counting(self, operation: StoreOperation) -> Iterator[None]:
+        """Count a :class:`StoreUnavailable` raised inside as a failed ``operation``; re-raise."""
+        try:
+            yield
+        except StoreUnavailable:
+            self.runtime.observer.store_error(operation)
+            raise
+
     def lost(self, exc: StoreUnavailable) -> None:
         """Note that the store did not answer; reconnect in the background."""
         if not self.ok:
@@ -100,6 +119,7 @@ class StoreKeeper:
         self.ok = False
         self.back = trio.Event()
         logger.error("result store %s lost: %s", self.display, exc.reason)
+        self.runtime.observer.store_state(False)
         self.runtime.notifier.bump()
         self.runtime.nursery.start_soon(self._reconnect, name="funtask store reconnect")
 
@@ -119,6 +139,7 @@ class StoreKeeper:
         self.ok = True
         self.back.set()
         logger.warning("result store %s is back", self.display)
+        self.runtime.observer.store_state(True)
         self.runtime.notifier.bump()
 
     # -- start-up and shutdown ---------------------------------------------------
@@ -133,6 +154,8 @@ class StoreKeeper:
             await self._open_and_recover()
         except StoreUnavailable as exc:
             self.lost(exc)
+        else:
+            self.runtime.observer.store_state(True)
         nursery = self.runtime.nursery
         nursery.start_soon(self._heartbeat_loop, name="funtask store heartbeat")
         nursery.start_soon(self._purge_loop, name="funtask store purge")
@@ -164,22 +187,27 @@ class StoreKeeper:
         if not self.opened:
             await self._open_store()
             self.opened = True
-        await self._offer_unstored_letters()
-        recovered = await self.store.recover()
+        with self.counting("settle"):
+            await self._offer_unstored_letters()
+        with self.counting("sweep"):
+            recovered = await self.store.recover()
         for job in recovered:
             self._adopt(job)
-        for name, slot in runtime.slots.items():
-            records = await self.store.history(name, slot.history.maxlen or 1)
-            slot.history.clear()
-            slot.history.extend(records)
+        with self.counting("history"):
+            for name, slot in runtime.slots.items():
+                records = await self.store.history(name, slot.history.maxlen or 1)
+                slot.history.clear()
+                slot.history.extend(records)
         runtime.notifier.bump()
 
     def _adopt(self, job: StoredJob) -> None:
         """Finish a job whose process is gone: deliver it, or keep its unsent result."""
         log = job_log(logger, job.task, job.job_id, self.runtime.instance)
+        was: RecoveredState = "running" if job.recovered_from == "running" else "delivering"
+        self.runtime.observer.job_recovered(job, was)
         if job.result is None:
             return
-        if job.result.result.error_code == "worker_lost" and job.delivery in (None, "unsent"):
+        if was == "running":
             log.warning("worker stopped while the job was running; settled as worker_lost")
         if job.state == "delivering" and job.callback_url is not None:
             self.runtime.nursery.start_soon(self._redeliver, job, name="funtask redelivery")
@@ -256,6 +284,7 @@ class StoreKeeper:
             log = job_log(logger, letter.task, letter.job_id, self.runtime.instance)
             if settled.status == "superseded":
                 log.warning("unstored result superseded; dead letter %s kept", letter.path)
+                self.runtime.observer.result_superseded(record)
                 await update_dead_letter(letter.path, {"unstored": False, "superseded": True})
             else:
                 log.info("unstored result stored from dead letter %s", letter.path)
@@ -268,7 +297,7 @@ class StoreKeeper:
             try:
                 await self.store.release(task, job_id)
             except StoreUnavailable as exc:
-                self.lost(exc)
+                self.failed("claim", exc)
                 await trio.sleep(FIRST_RECONNECT_DELAY)
                 continue
             return
@@ -298,7 +327,7 @@ class StoreKeeper:
                     delivering=job.callback_url is not None,
                 )
             except StoreUnavailable as exc:
-                self.lost(exc)
+                self.failed("settle", exc)
                 return "unstored"
         return settled.status
 
@@ -344,7 +373,7 @@ class StoreKeeper:
             try:
                 await self.store.delivered(task, job_id, outcome=outcome, attempts=attempts)
             except StoreUnavailable as exc:
-                self.lost(exc)
+                self.failed("settle", exc)
 
     # -- background work ---------------------------------------------------------
 
@@ -366,7 +395,7 @@ class StoreKeeper:
             if store.pool and jobs and trio.current_time() - last_renewed > lease_left:
                 for job in jobs:
                     if job.record is None:
-                        job.cancel(REASON_LEASE_LOST)
+                        self._lose_lease(job)
             if not self.ok or not self.opened:
                 continue
             held = [HeldJob(job.task.name, job.job_id, job.run.state.step) for job in jobs]
@@ -374,13 +403,13 @@ class StoreKeeper:
             try:
                 beat = await store.heartbeat(held)
             except StoreUnavailable as exc:
-                self.lost(exc)
+                self.failed("heartbeat", exc)
                 continue
             last_renewed = sent
             for job in jobs:
                 key = (job.task.name, job.job_id)
                 if key in beat.lost and job.record is None:
-                    job.cancel(REASON_LEASE_LOST)
+                    self._lose_lease(job)
                 elif key in beat.stop:
                     runtime.stop_job(job)
             if not store.pool:
@@ -389,7 +418,7 @@ class StoreKeeper:
                 try:
                     swept = await store.recover()
                 except StoreUnavailable as exc:
-                    self.lost(exc)
+                    self.failed("sweep", exc)
                     continue
                 for record in swept:
                     self._adopt(record)
@@ -398,12 +427,19 @@ class StoreKeeper:
                 self._seen_version = beat.version
                 await self._refresh_views()
 
+    def _lose_lease(self, job: Job) -> None:
+        """Cancel a running job whose lease is lost (rule 5), reporting it once."""
+        if not job.lease_lost:
+            job.lease_lost = True
+            self.runtime.observer.lease_lost(job)
+        job.cancel(REASON_LEASE_LOST)
+
     async def _refresh_pool(self) -> None:
         """The pool view (instances, running jobs and their steps), at every heartbeat."""
         try:
             view = await self.store.status()
         except StoreUnavailable as exc:
-            self.lost(exc)
+            self.failed("history", exc)
             return
         if view != self.pool_view:
             self.pool_view = view
@@ -417,7 +453,7 @@ class StoreKeeper:
                 slot.history.clear()
                 slot.history.extend(records)
         except StoreUnavailable as exc:
-            self.lost(exc)
+            self.failed("history", exc)
             return
         runtime.notifier.bump_milestone()
 
@@ -431,7 +467,7 @@ class StoreKeeper:
             try:
                 purged = await self.store.purge()
             except StoreUnavailable as exc:
-                self.lost(exc)
+                self.failed("sweep", exc)
                 continue
             if purged:
                 logger.info("result store %s: purged %d expired result(s)", self.display, purged)

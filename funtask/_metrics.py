@@ -6,6 +6,12 @@ global one) holding the process, platform and GC collectors and funtask's
 metrics. The counters are fed only through the observer hooks; the scrape is
 rendered in a worker thread.
 
+With a persistent store (SQLite or Redis) the registry also holds the store
+metrics (``funtask_store_up``, ``funtask_store_errors_total{operation}``,
+``funtask_jobs_recovered_total{state}``, ``funtask_leases_lost_total``,
+``funtask_results_superseded_total``), every child created at start-up; with
+the memory store they do not exist.
+
 Label values never come from a request: ``task`` is a registered task name
 (or ``(unknown)``), ``code`` one of at most :data:`MAX_CODES_PER_TASK` error
 codes per task (the rest ``other``), ``status`` an HTTP status funtask chose.
@@ -31,12 +37,13 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from ._deadletters import count_dead_letters
-from ._observe import DeliveryResult, Observer
+from ._observe import STORE_OPERATIONS, DeliveryResult, Observer, RecoveredState, StoreOperation
 from ._threads import hold_mock_clock
 
 if TYPE_CHECKING:
     from ._callbacks import AttemptOutcome
     from ._jobs import Job
+    from ._stores.base import StoredJob
     from ._wire import FinishedJob
 
 __all__ = [
@@ -61,6 +68,7 @@ OTHER_CODE: Final = "other"
 UNKNOWN_TASK: Final = "(unknown)"  # /run of a task that is not registered, and every 401
 DEAD_LETTER_RECOUNT_INTERVAL: Final = 10.0  # seconds between counts of the dead-letter dir
 DELIVERY_RESULTS: Final[tuple[DeliveryResult, ...]] = ("delivered", "dead_lettered", "stopped")
+RECOVERED_STATES: Final[tuple[RecoveredState, ...]] = ("running", "delivering")
 
 
 def _label(text: str) -> str:
@@ -110,6 +118,43 @@ class _TaskMetrics:
         return self.other
 
 
+class _StoreMetrics:
+    """The store metrics of a server with a persistent store, every child made at start-up."""
+
+    __slots__ = ("errors", "leases_lost", "recovered", "superseded", "up")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.up = Gauge(
+            "funtask_store_up",
+            "1 while the result store answers, 0 during an outage.",
+            registry=registry,
+        )
+        errors = Counter(
+            "funtask_store_errors",
+            "Store calls that failed (no answer in time), by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self.errors = {operation: errors.labels(operation) for operation in STORE_OPERATIONS}
+        recovered = Counter(
+            "funtask_jobs_recovered",
+            "Jobs of a process that is gone taken over, by the state they were left in.",
+            ["state"],
+            registry=registry,
+        )
+        self.recovered = {state: recovered.labels(state) for state in RECOVERED_STATES}
+        self.leases_lost = Counter(
+            "funtask_leases_lost",
+            "Running jobs cancelled because their lease was lost.",
+            registry=registry,
+        )
+        self.superseded = Counter(
+            "funtask_results_superseded",
+            "Results not stored because another process settled the job first.",
+            registry=registry,
+        )
+
+
 class Metrics(Observer):
     """A server's Prometheus metrics, fed by the observer hooks; renders ``/metrics``."""
 
@@ -121,6 +166,7 @@ class Metrics(Observer):
         instance: str,
         version: str,
         dead_letter_dir: str | None,
+        store: bool = False,
     ) -> None:
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
@@ -183,10 +229,8 @@ class Metrics(Observer):
         Info("funtask", "This funtask server.", registry=registry).info(
             {"version": version, "name": _label(name), "instance": _label(instance)}
         )
-        # Store metrics (SPEC section 6, with a SQLite or Redis store: funtask_store_up,
-        # funtask_store_errors_total{operation}, funtask_jobs_recovered_total{state},
-        # funtask_leases_lost_total, funtask_results_superseded_total) belong here,
-        # fed by store hooks on the Observer, once the stores exist.
+        # With a persistent store only: the memory store adds nothing.
+        self._store = _StoreMetrics(registry) if store else None
 
         self._tasks = {task: _TaskMetrics(self, task) for task in tasks}
         self._requests: dict[str, dict[int, Counter]] = {
@@ -237,6 +281,26 @@ class Metrics(Observer):
 
     def stream_closed(self) -> None:
         self._streams -= 1
+
+    def store_state(self, up: bool) -> None:
+        if self._store is not None:
+            self._store.up.set(1 if up else 0)
+
+    def store_error(self, operation: StoreOperation) -> None:
+        if self._store is not None:
+            self._store.errors[operation].inc()
+
+    def job_recovered(self, job: StoredJob, was: RecoveredState) -> None:
+        if self._store is not None:
+            self._store.recovered[was].inc()
+
+    def lease_lost(self, job: Job) -> None:
+        if self._store is not None:
+            self._store.leases_lost.inc()
+
+    def result_superseded(self, record: FinishedJob) -> None:
+        if self._store is not None:
+            self._store.superseded.inc()
 
     # -- the scrape --------------------------------------------------------------
 

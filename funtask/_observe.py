@@ -1,9 +1,9 @@
 """Operations hooks: the one place where job, delivery and stream events are observed.
 
-The job runner, the ``/run`` route, callback delivery and the ``/events`` hub
-call an :class:`Observer` at their change points; metrics (``_metrics.py``)
-are one observer, tracing can be another. No other module records metrics or
-spans itself.
+The job runner, the ``/run`` route, callback delivery, the ``/events`` hub and
+the store keeper call an :class:`Observer` at their change points; metrics
+(``_metrics.py``) are one observer, tracing can be another. No other module
+records metrics or spans itself.
 
 The hooks, in the order one job meets them:
 
@@ -28,6 +28,20 @@ The hooks, in the order one job meets them:
 ``stream_closed()``
 ==========================  ====================================================
 
+With a persistent store (SQLite or Redis; the memory store calls none of these):
+
+============================  ==================================================
+``store_state(up)``           the store answers (at start-up, and when it is
+                              back) or stopped answering (the outage began)
+``store_error(operation)``    one store call failed (did not answer in time);
+                              ``operation`` is a :data:`StoreOperation`
+``job_recovered(job, was)``   a job whose process is gone was taken over;
+                              ``was`` is the state it was left in
+``lease_lost(job)``           a running job lost its lease and is cancelled
+``result_superseded(record)`` a result was not stored: another process settled
+                              the job first (never posted)
+============================  ==================================================
+
 Every hook runs in the Trio thread (except the step callable, see above),
 must not block or raise, and returns quickly. The base class does nothing, so
 a server without metrics pays one no-op call per hook.
@@ -43,12 +57,42 @@ from typing import TYPE_CHECKING, Final, Literal
 if TYPE_CHECKING:
     from ._callbacks import AttemptOutcome
     from ._jobs import Job
+    from ._stores.base import StoredJob
     from ._wire import FinishedJob
 
-__all__ = ["NO_OBSERVER", "DeliveryResult", "Observer", "combine_observers"]
+__all__ = [
+    "NO_OBSERVER",
+    "STORE_OPERATIONS",
+    "DeliveryResult",
+    "Observer",
+    "RecoveredState",
+    "StoreOperation",
+    "combine_observers",
+]
 
 #: How a delivery ended (the ``result`` label of ``funtask_deliveries_total``).
 DeliveryResult = Literal["delivered", "dead_lettered", "stopped"]
+
+#: What a failed store call was for (the ``operation`` label of
+#: ``funtask_store_errors_total``): ``claim`` (claiming a job, and releasing a
+#: claim that failed), ``heartbeat``, ``settle`` (storing a result, marking its
+#: delivery done), ``lookup`` (``/result``, the duplicate check of a busy
+#: slot), ``sweep`` (recovery, the Redis sweeper, purging expired results),
+#: ``stop`` (``/stop`` in a pool), ``history`` (refreshing the history and
+#: pool views).
+StoreOperation = Literal["claim", "heartbeat", "settle", "lookup", "sweep", "stop", "history"]
+STORE_OPERATIONS: Final[tuple[StoreOperation, ...]] = (
+    "claim",
+    "heartbeat",
+    "settle",
+    "lookup",
+    "sweep",
+    "stop",
+    "history",
+)
+
+#: The state a recovered job was left in by its process (``funtask_jobs_recovered_total``).
+RecoveredState = Literal["running", "delivering"]
 
 _NO_SCOPE: Final[AbstractContextManager[None]] = contextlib.nullcontext()
 
@@ -94,6 +138,21 @@ class Observer:
     def stream_closed(self) -> None:
         """An ``/events`` stream released its client slot."""
 
+    def store_state(self, up: bool) -> None:
+        """The persistent store answers (``up``: at start-up, or it is back) or is lost."""
+
+    def store_error(self, operation: StoreOperation) -> None:
+        """One call to the persistent store failed (no answer in time)."""
+
+    def job_recovered(self, job: StoredJob, was: RecoveredState) -> None:
+        """A job whose process is gone was taken over (``was``: the state it was left in)."""
+
+    def lease_lost(self, job: Job) -> None:
+        """A running job lost its lease (another process may settle it); it is cancelled."""
+
+    def result_superseded(self, record: FinishedJob) -> None:
+        """``record`` was not stored: another process settled its job first (never posted)."""
+
 
 #: The observer of a server that observes nothing.
 NO_OBSERVER: Final = Observer()
@@ -124,6 +183,11 @@ class _FanOut(Observer):
         self._run_answered = _overriding(observers, "run_answered")
         self._stream_opened = _overriding(observers, "stream_opened")
         self._stream_closed = _overriding(observers, "stream_closed")
+        self._store_state = _overriding(observers, "store_state")
+        self._store_error = _overriding(observers, "store_error")
+        self._job_recovered = _overriding(observers, "job_recovered")
+        self._lease_lost = _overriding(observers, "lease_lost")
+        self._result_superseded = _overriding(observers, "result_superseded")
 
     def job_started(self, job: Job) -> None:
         for observer in self._job_started:
@@ -185,6 +249,26 @@ class _FanOut(Observer):
     def stream_closed(self) -> None:
         for observer in self._stream_closed:
             observer.stream_closed()
+
+    def store_state(self, up: bool) -> None:
+        for observer in self._store_state:
+            observer.store_state(up)
+
+    def store_error(self, operation: StoreOperation) -> None:
+        for observer in self._store_error:
+            observer.store_error(operation)
+
+    def job_recovered(self, job: StoredJob, was: RecoveredState) -> None:
+        for observer in self._job_recovered:
+            observer.job_recovered(job, was)
+
+    def lease_lost(self, job: Job) -> None:
+        for observer in self._lease_lost:
+            observer.lease_lost(job)
+
+    def result_superseded(self, record: FinishedJob) -> None:
+        for observer in self._result_superseded:
+            observer.result_superseded(record)
 
 
 @contextlib.contextmanager

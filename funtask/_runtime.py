@@ -121,6 +121,7 @@ class Runtime:
                 instance=self.instance,
                 version=__version__,
                 dead_letter_dir=self.dead_letter_dir,
+                store=self.server.settings.resolved_store().persistent,
             )
             observers.append(self.metrics)
         tracing = _tracing_observer()
@@ -173,6 +174,7 @@ class Runtime:
                     await _mark_letter(letter, unstored=False, superseded=outcome != "ok")
         if outcome == "superseded":
             job.run.log.warning("result superseded: the job was settled elsewhere; not posted")
+            self.observer.result_superseded(record)
             if letter is None:
                 with trio.CancelScope(shield=True):
                     await keeper.write_letter(job, record, webhook_id, superseded=True)

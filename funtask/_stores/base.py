@@ -27,7 +27,8 @@ Contract every implementation keeps (``tests/test_store_contract.py``):
   ``delivered`` moves ``delivering`` → ``done``. ``recover`` takes over
   records whose process is gone (SQLite: every record not ``done`` at
   start-up; Redis: expired leases) and hands back what the caller must
-  finish: ``running`` ones are settled there as ``worker_lost``.
+  finish: ``running`` ones are settled there as ``worker_lost``; each
+  carries the state it was left in as ``recovered_from``.
 - Results (state ``delivering`` or ``done``) are found by :meth:`lookup`
   and :meth:`find`; a persistent store keeps them for ``result_ttl``.
 - Times in records are wall-clock seconds since the epoch, from the store's
@@ -138,6 +139,7 @@ class StoredJob:
     result: FinishedJob | None = None  # once delivering or done
     delivery: DeliveryOutcome | None = None  # once done
     attempts: int = 0  # callback attempts made
+    recovered_from: JobState | None = None  # set by recover(): the state it was left in
 
     @property
     def finished(self) -> bool:
@@ -365,8 +367,8 @@ class Store(abc.ABC):
         """Take over the records whose process is gone and return them, each now
         holding this token: ``running`` ones already settled as ``worker_lost``
         (state ``delivering`` if they have a callback, else ``done``), and
-        ``delivering`` ones as they were. The caller delivers those that are
-        ``delivering``."""
+        ``delivering`` ones as they were; ``recovered_from`` says which. The
+        caller delivers those that are ``delivering``."""
 
     @abc.abstractmethod
     async def purge(self) -> int:

@@ -952,7 +952,8 @@ class RedisStore(Store):
                 continue
             if recovered.state == "delivering":
                 self._mine[(task, job_id)] = fields
-            taken.append(recovered)
+            left = job.state if job is not None else recovered.state
+            taken.append(dataclasses.replace(recovered, recovered_from=left))
             logger.warning(
                 "[%s %s] recovered a %s job of %s (lease expired)",
                 task,

@@ -542,6 +542,7 @@ class SQLiteStore(Store):
                             webhook_id=webhook_id,
                             result=result,
                             delivery=delivery,
+                            recovered_from="running",
                         )
                     )
                 else:
@@ -566,6 +567,7 @@ class SQLiteStore(Store):
                             webhook_id=webhook_id,
                             result=job.result,
                             attempts=job.attempts,
+                            recovered_from=job.state,
                         )
                     )
             conn.execute("DELETE FROM instances WHERE token != ?", (self.token,))
