@@ -298,6 +298,11 @@ async def test_rediss_checks_the_certificate_and_the_host_name(tmp_path: Path) -
         "1",
         "-subj",
         "/CN=funtask-test-ca",
+        # What Python 3.13's strict verification (VERIFY_X509_STRICT) requires of a CA.
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     )
     openssl(
         "req",
@@ -311,7 +316,13 @@ async def test_rediss_checks_the_certificate_and_the_host_name(tmp_path: Path) -
         "-subj",
         "/CN=localhost",
     )
-    (tmp_path / "ext").write_text("subjectAltName=DNS:localhost\n")
+    (tmp_path / "ext").write_text(
+        "subjectAltName=DNS:localhost\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
     openssl(
         "x509",
         "-req",
