@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ import httpx
 import trio
 
 import funtask
+from funtask._stores.sqlite import SQLiteStore
 
 TOKEN = "test-token"
 
@@ -439,3 +441,28 @@ async def worker_process(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             nursery.cancel_scope.cancel()
+
+
+# == SQLite store outages ======================================================
+
+
+def sqlite_store(server: funtask.Server) -> SQLiteStore:
+    runtime = server._runtime
+    assert runtime is not None
+    store = runtime.store
+    assert isinstance(store, SQLiteStore)
+    return store
+
+
+def break_store(server: funtask.Server) -> None:
+    """Make SQLite refuse every statement on the store's connection (an outage)."""
+    conn = sqlite_store(server)._conn
+    assert conn is not None
+    conn.set_authorizer(lambda *args: sqlite3.SQLITE_DENY)
+
+
+def mend_store(server: funtask.Server) -> None:
+    conn = sqlite_store(server)._conn
+    assert conn is not None
+    # Allow everything again (``set_authorizer(None)`` needs Python 3.11).
+    conn.set_authorizer(lambda *args: sqlite3.SQLITE_OK)

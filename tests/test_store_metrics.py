@@ -12,7 +12,6 @@ another owner token (as in ``test_store_contract.py``).
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,19 @@ from funtask._observe import (
 )
 from funtask._stores import create_store
 from funtask._stores.base import HeldJob, StoredJob, new_webhook_id
-from funtask._stores.sqlite import SQLiteStore
 from funtask._stores.url import parse_store_url
 from funtask._wire import FinishedJob, finished_job
 from funtask.testing import open_test_client
 
-from _support import CallbackReceiver, build_server, wait_idle, wait_until
+from _support import (
+    CallbackReceiver,
+    break_store,
+    build_server,
+    mend_store,
+    sqlite_store,
+    wait_idle,
+    wait_until,
+)
 
 HOOK = "https://hooks.example.com/hooks/done"
 STORE_METRICS = (
@@ -72,28 +78,6 @@ def make_server(tmp_path: Path, **config: Any) -> funtask.Server:
         return funtask.ok("late")
 
     return server
-
-
-def sqlite_store(server: funtask.Server) -> SQLiteStore:
-    runtime = server._runtime
-    assert runtime is not None
-    store = runtime.store
-    assert isinstance(store, SQLiteStore)
-    return store
-
-
-def break_store(server: funtask.Server) -> None:
-    """Make SQLite refuse every statement on the store's connection (an outage)."""
-    conn = sqlite_store(server)._conn
-    assert conn is not None
-    conn.set_authorizer(lambda *args: sqlite3.SQLITE_DENY)
-
-
-def mend_store(server: funtask.Server) -> None:
-    conn = sqlite_store(server)._conn
-    assert conn is not None
-    # Allow everything again (``set_authorizer(None)`` needs Python 3.11).
-    conn.set_authorizer(lambda *args: sqlite3.SQLITE_OK)
 
 
 def store_ok(server: funtask.Server) -> bool:

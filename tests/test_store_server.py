@@ -31,12 +31,19 @@ from funtask.__main__ import main
 from funtask._deadletters import scan_dead_letters, write_dead_letter
 from funtask._replay import replay_dead_letters
 from funtask._stores.lock import StoreLock
-from funtask._stores.sqlite import SQLiteStore
 from funtask._threads import run_in_thread
 from funtask._wire import finished_job
 from funtask.testing import open_test_client
 
-from _support import CallbackReceiver, build_server, wait_idle, wait_until
+from _support import (
+    CallbackReceiver,
+    break_store,
+    build_server,
+    mend_store,
+    sqlite_store,
+    wait_idle,
+    wait_until,
+)
 
 HOOK = "https://hooks.example.com/hooks/done"
 
@@ -58,28 +65,6 @@ def make_server(tmp_path: Path, **config: Any) -> funtask.Server:
         return funtask.ok("done").with_data("n", params.int("n", 1))
 
     return server
-
-
-def sqlite_store(server: funtask.Server) -> SQLiteStore:
-    runtime = server._runtime
-    assert runtime is not None
-    store = runtime.store
-    assert isinstance(store, SQLiteStore)
-    return store
-
-
-def break_store(server: funtask.Server) -> None:
-    """Make SQLite refuse every statement on the store's connection (an outage)."""
-    conn = sqlite_store(server)._conn
-    assert conn is not None
-    conn.set_authorizer(lambda *args: sqlite3.SQLITE_DENY)
-
-
-def mend_store(server: funtask.Server) -> None:
-    conn = sqlite_store(server)._conn
-    assert conn is not None
-    # Allow everything again (``set_authorizer(None)`` needs Python 3.11).
-    conn.set_authorizer(lambda *args: sqlite3.SQLITE_OK)
 
 
 # -- configuration ------------------------------------------------------------------
