@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 from ._allowlist import parse_allowlist_entry
+from ._http.routes import OPTIONAL_PATHS, RESERVED_PATHS, RESERVED_PREFIXES
 from ._stores.base import DEFAULT_RESULT_TTL, DEFAULT_STORE_LEASE, DEFAULT_STORE_TIMEOUT
 from ._stores.base import MIN_STORE_LEASE as MIN_STORE_LEASE
 from ._stores.lock import lock_problem
@@ -47,8 +48,6 @@ DEFAULT_MAX_EVENT_CLIENTS: Final = 1000
 ENV_AUTH_TOKEN: Final = "FUNTASK_AUTH_TOKEN"
 ENV_DEAD_LETTER_DIR: Final = "FUNTASK_DEAD_LETTER_DIR"
 
-RESERVED_PATHS: Final = frozenset({"/health", "/livez", "/readyz", "/events", "/openapi.json"})
-RESERVED_PREFIXES: Final = ("/run/", "/stop/", "/result/")
 _METHOD: Final = re.compile(r"[A-Z]+")
 
 
@@ -101,9 +100,9 @@ def handler_problems(handler: HandlerDef, *, dashboard: bool, metrics: bool) -> 
     path = handler.path
     if not path.startswith("/"):
         problems.append(f"handler {handler.pattern!r} path must start with '/'")
-    reserved = RESERVED_PATHS | ({"/dashboard"} if dashboard else set())
+    reserved = RESERVED_PATHS | ({OPTIONAL_PATHS["dashboard"]} if dashboard else set())
     bare = path.rstrip("/") or "/"
-    if metrics and bare == "/metrics":
+    if metrics and bare == OPTIONAL_PATHS["metrics"]:
         problems.append(
             f"handler {handler.pattern!r} conflicts with the built-in /metrics route "
             "(pass metrics=False to serve your own)"

@@ -75,6 +75,7 @@ class Job:
         self.lease_lost = False  # the store's heartbeat found its lease lost (reported once)
         self.delivery_scope: trio.CancelScope | None = None
         self.thread_scope: trio.CancelScope | None = None
+        self.waiter: trio.CancelScope | None = None  # a sync caller's wait, ended with the job
         # Tracing (SPEC 6): the /run request's headers, for the job_started hook only;
         # the W3C trace context kept with the job (``traceparent``/``tracestate``, also
         # written into its dead letter); the tracing observer's own state.
@@ -242,6 +243,8 @@ class JobRunner:
         job.record = record
         slot.history.appendleft(record)
         job.finished.set()
+        if job.waiter is not None:
+            job.waiter.cancel()
         self._log_outcome(job, result, record)
         self.observer.job_finished(job, record, duration)
         self._on_change()

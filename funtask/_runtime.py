@@ -6,7 +6,7 @@ import hmac
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -206,19 +206,28 @@ class Runtime:
             with trio.CancelScope(shield=True):
                 await remove_dead_letter(letter)
 
-    async def wait_sync(self, job: Job) -> FinishedJob | None:
+    async def wait_sync(
+        self, job: Job, disconnected: Callable[[], Awaitable[None]] | None = None
+    ) -> FinishedJob | None:
         """Wait for a job's result for a sync caller; None on the sync timeout.
 
-        A result the caller will not receive (sync timeout, the caller went
-        away) is kept as a dead letter.
+        ``disconnected`` raises when the caller goes away (being cancelled
+        counts as that too); the job is then cancelled and the exception
+        propagates. A result the caller will not receive (sync timeout, the
+        caller went away) is kept as a dead letter.
         """
         # The job runs in a task of its own, not the caller's: at the sync
         # timeout the answer goes out at once, even while a job that ignores
         # the cancellation goes on.
         try:
             with trio.move_on_after(self.sync_timeout):
-                await job.finished.wait()
-        except trio.Cancelled:
+                if disconnected is None:
+                    await job.finished.wait()
+                elif job.record is None:
+                    # One task watches both: the job's end cancels this scope.
+                    with trio.CancelScope() as job.waiter:
+                        await disconnected()
+        except BaseException:
             job.cancel(REASON_DISCONNECT)
             self.result_unsent(job, "client disconnected")
             raise

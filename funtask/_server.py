@@ -118,6 +118,7 @@ class Server:
         self._tasks: list[TaskDef] = []
         self._handlers: list[HandlerDef] = []
         self._runtime: Runtime | None = None
+        self._quart: Any = None
         self._asgi: Any = None
 
     def __repr__(self) -> str:
@@ -296,10 +297,19 @@ class Server:
         return lock
 
     def _app(self) -> Any:
-        if self._asgi is None:
+        """The quart-trio app: custom handlers and the 404/405 answers (built once)."""
+        if self._quart is None:
             from ._app import create_app
 
-            self._asgi = create_app(self)
+            self._quart = create_app(self)
+        return self._quart
+
+    def _http(self) -> Any:
+        """The ASGI app for HTTP: funtask's routes, everything else by :meth:`_app`."""
+        if self._asgi is None:
+            from ._http.dispatch import Dispatcher
+
+            self._asgi = Dispatcher(self, self._app())
         return self._asgi
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -309,9 +319,7 @@ class Server:
 
             await serve_lifespan(self, receive, send)
         else:
-            from ._serving import shield_final_send
-
-            await self._app()(scope, receive, shield_final_send(send))
+            await self._http()(scope, receive, send)
 
     async def serve(
         self,

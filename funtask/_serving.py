@@ -47,8 +47,9 @@ def hypercorn_config(bind: str | Iterable[str]) -> Config:
 def shield_final_send(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Wrap an ASGI ``send`` so that the last body message cannot be cancelled.
 
-    hypercorn tidies the connection up inside that call and may deliver
-    ``http.disconnect`` meanwhile, on which quart-trio cancels the request;
+    Used for the requests the quart-trio app serves (the dispatcher's own
+    handlers never cancel a send). hypercorn tidies the connection up inside
+    that call and may deliver ``http.disconnect`` meanwhile, on which quart-trio cancels the request;
     cancelling that very send would leave a keep-alive connection hanging
     (``docs/upstream.md``, section 3).
     """
@@ -65,7 +66,7 @@ def shield_final_send(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def without_lifespan(server: Server) -> Callable[..., Any]:
     """An ASGI app that serves ``server``'s routes and acknowledges lifespan at once."""
-    app = server._app()
+    app = server._http()
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -77,7 +78,7 @@ def without_lifespan(server: Server) -> Callable[..., Any]:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         else:
-            await app(scope, receive, shield_final_send(send))
+            await app(scope, receive, send)
 
     return asgi
 
