@@ -49,7 +49,8 @@ def shield_final_send(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     Used for the requests the quart-trio app serves (the dispatcher's own
     handlers never cancel a send). hypercorn tidies the connection up inside
-    that call and may deliver ``http.disconnect`` meanwhile, on which quart-trio cancels the request;
+    that call and may deliver ``http.disconnect`` meanwhile, on which
+    quart-trio cancels the request;
     cancelling that very send would leave a keep-alive connection hanging
     (``docs/upstream.md``, section 3).
     """

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlparse
 
@@ -140,41 +141,37 @@ class Dispatcher:
         await self.fallback(scope, receive, shield_final_send(send))
 
     async def _serve(self, bound: _Bound, request: Request, arg: str) -> None:
+        if bound.observed:
+            request.on_answer = partial(self._run_answered, arg)
         try:
-            try:
-                if bound.guarded:
-                    runtime = self.server._runtime
-                    if runtime is None:
-                        await request.respond(503, status.NOT_RUNNING)
-                        return
-                    if not runtime.authorized(
-                        status.bearer_token(request.header(b"authorization"))
-                    ):
-                        await request.respond(
-                            401, status.UNAUTHORIZED, headers=request.unread_headers(None, True)
-                        )
-                        return
-                    await bound.handler(request, runtime, arg)
-                else:
-                    await bound.handler(request, self.server, arg)
-            except ClientDisconnected:
-                return
-            except BodyTimeout:
-                await request.error("request timeout", 408, unread=True)
-            except Exception as exc:
-                logger.error(
-                    "unhandled error serving %s %s", request.method, request.path, exc_info=exc
-                )
-                if request.status is None:
-                    await request.error("internal server error", 500)
-        finally:
-            if bound.observed:
-                self._run_answered(arg, request.status)
+            if bound.guarded:
+                runtime = self.server._runtime
+                if runtime is None:
+                    await request.respond(503, status.NOT_RUNNING)
+                    return
+                if not runtime.authorized(status.bearer_token(request.header(b"authorization"))):
+                    await request.respond(
+                        401, status.UNAUTHORIZED, headers=request.unread_headers(None, True)
+                    )
+                    return
+                await bound.handler(request, runtime, arg)
+            else:
+                await bound.handler(request, self.server, arg)
+        except ClientDisconnected:
+            return
+        except BodyTimeout:
+            await request.error("request timeout", 408, unread=True)
+        except Exception as exc:
+            logger.error(
+                "unhandled error serving %s %s", request.method, request.path, exc_info=exc
+            )
+            if request.status is None:
+                await request.error("internal server error", 500)
 
-    def _run_answered(self, task: str, answered: int | None) -> None:
-        """Tell the observer how a ``/run`` request was answered (not at all: nothing)."""
+    def _run_answered(self, task: str, answered: int) -> None:
+        """Tell the observer how a ``/run`` request is answered."""
         runtime = self.server._runtime
-        if runtime is not None and answered is not None:
+        if runtime is not None:  # no lifespan: nothing observes
             known = answered != 401 and task in runtime.slots  # paths never become labels
             runtime.observer.run_answered(task if known else None, answered)
 

@@ -1,11 +1,13 @@
-"""One HTTP request over raw ASGI: headers as bytes, the body read chunk by chunk, answers sent directly."""
+"""One HTTP request over raw ASGI: bytes headers, a body read chunk by chunk, direct answers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import trio
+import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" decoding error handler
 
 from .._wire import dumps
 
@@ -22,22 +24,23 @@ _CLOSE: Final = (b"connection", b"close")
 _UNREAD_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 
-class ClientDisconnected(Exception):  # noqa: N818 - an event, not an error
+class ClientDisconnected(Exception):
     """The client went away before the answer; nothing is sent."""
 
 
-class BodyTimeout(Exception):  # noqa: N818 - answered as 408
+class BodyTimeout(Exception):
     """The request body was still incomplete after :data:`BODY_TIMEOUT` seconds."""
 
 
 class Request:
     """One ASGI HTTP exchange: what the handlers read, and how they answer.
 
-    ``status`` is the status of the answer once one was started (the
-    ``/run`` metrics count it).
+    ``status`` is the status of the answer once one was started;
+    ``on_answer``, when set, is called with it just before it is sent (the
+    ``/run`` metrics count answers by status).
     """
 
-    __slots__ = ("method", "path", "receive", "scope", "send", "status")
+    __slots__ = ("method", "on_answer", "path", "receive", "scope", "send", "status")
 
     def __init__(self, scope: Any, receive: Any, send: Any, method: str, path: str) -> None:
         self.scope = scope
@@ -46,6 +49,7 @@ class Request:
         self.method = method
         self.path = path
         self.status: int | None = None
+        self.on_answer: Callable[[int], None] | None = None
 
     # -- reading ------------------------------------------------------------
 
@@ -63,7 +67,7 @@ class Request:
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter ``name``, decoded as Quart decodes it, or None."""
-        raw = self.scope.get("query_string", b"")
+        raw: bytes = self.scope.get("query_string", b"")
         if not raw:
             return None
         pairs = parse_qsl(raw.decode(), keep_blank_values=True, errors="werkzeug.url_quote")
@@ -135,11 +139,13 @@ class Request:
         content_type: bytes = JSON,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        """Send a whole answer: status, ``Content-Type``, ``Content-Length``, extra headers, body."""
+        """Send a whole answer: status, type and length, extra ``headers``, body."""
         start = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
         if headers:
             start += headers
         self.status = status
+        if self.on_answer is not None:
+            self.on_answer(status)
         await self.send({"type": "http.response.start", "status": status, "headers": start})
         await self.send({"type": "http.response.body", "body": body})
 
@@ -162,7 +168,9 @@ class Request:
         after the answer (see :meth:`unread_headers`).
         """
         await self.respond(
-            status, dumps({"error": message, **extra}), headers=self.unread_headers(headers, unread)
+            status,
+            dumps({"error": message, **extra}),
+            headers=self.unread_headers(headers, unread),
         )
 
     def unread_headers(

@@ -1,4 +1,4 @@
-"""The read-only routes: ``/health``, ``/events``, ``/metrics``, ``/dashboard``, ``/openapi.json``, probes."""
+"""The read-only routes: ``/health``, ``/events``, ``/metrics``, the dashboard, OpenAPI, probes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import trio
 from .._dashboard import dashboard_page
 from .._keeper import STORE_UNAVAILABLE
 from .._openapi import openapi_body
-
 from .exchange import ClientDisconnected
 
 if TYPE_CHECKING:
