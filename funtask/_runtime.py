@@ -223,10 +223,15 @@ class Runtime:
             with trio.move_on_after(self.sync_timeout):
                 if disconnected is None:
                     await job.finished.wait()
-                elif job.record is None:
-                    # One task watches both: the job's end cancels this scope.
-                    with trio.CancelScope() as job.waiter:
-                        await disconnected()
+                else:
+                    if job.record is None:
+                        # A quick job is done by the time this task runs again: then
+                        # nothing needs to watch the client or be woken.
+                        await trio.lowlevel.checkpoint()
+                    if job.record is None:
+                        # One task watches both: the job's end cancels this scope.
+                        with trio.CancelScope() as job.waiter:
+                            await disconnected()
         except BaseException:
             job.cancel(REASON_DISCONNECT)
             self.result_unsent(job, "client disconnected")

@@ -100,16 +100,39 @@ class Request:
         declared = self.content_length()
         if declared is not None and declared > limit:
             return None
+        first = self._received()
+        if first is not None and not first.get("more_body", False):
+            return self._whole(first, limit)  # it came with the request: nothing to wait for
         with trio.move_on_after(BODY_TIMEOUT):
-            return await self._collect(limit)
+            return await self._collect(limit, first)
         raise BodyTimeout
 
-    async def _collect(self, limit: int) -> bytes | None:
+    def _received(self) -> Any:
+        """The next message if the server has already queued it, else None (never waits).
+
+        hypercorn's ``receive`` is a trio memory channel's; any other is just awaited.
+        """
+        channel = getattr(self.receive, "__self__", None)
+        if not isinstance(channel, trio.MemoryReceiveChannel):
+            return None
+        try:
+            return channel.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+    @staticmethod
+    def _whole(message: Any, limit: int) -> bytes | None:
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        body: bytes = message.get("body", b"")
+        return None if len(body) > limit else body
+
+    async def _collect(self, limit: int, message: Any) -> bytes | None:
         receive = self.receive
-        message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):
-            body: bytes = message.get("body", b"")  # the usual case: one message
-            return None if len(body) > limit else body
+        if message is None:
+            message = await receive()
+            if not message.get("more_body", False):
+                return self._whole(message, limit)  # the usual case: one message
         data = bytearray()
         while True:
             if message["type"] == "http.disconnect":

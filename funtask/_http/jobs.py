@@ -98,9 +98,12 @@ async def run(request: Request, runtime: Runtime, task: str) -> None:
         return
     job = runtime.runner.reserve(slot, job_id, Params(body.params), callback_url=callback_url)
     try:
-        # Shielded (the call is bounded by store_timeout): a caller that goes away
-        # mid-claim must not leave the slot reserved or a claim nobody handles.
-        with trio.CancelScope(shield=True):
+        if keeper.persistent:
+            # Shielded (the call is bounded by store_timeout): a caller that goes away
+            # mid-claim must not leave the slot reserved or a claim nobody handles.
+            with trio.CancelScope(shield=True):
+                claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
+        else:  # the memory store answers at once, never yields: nothing to shield
             claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
     except StoreUnavailable as exc:
         runtime.runner.unreserve(slot, job)
