@@ -46,6 +46,8 @@ __all__ = ["Runtime", "open_runtime"]
 
 logger: Final = logging.getLogger("funtask.server")
 
+QUICK_JOB_TURNS: Final = 2  # scheduler turns a sync caller waits before watching the client
+
 
 class Runtime:
     """Everything that exists only while a server is serving."""
@@ -224,9 +226,12 @@ class Runtime:
                 if disconnected is None:
                     await job.finished.wait()
                 else:
-                    if job.record is None:
-                        # A quick job is done by the time this task runs again: then
-                        # nothing needs to watch the client or be woken.
+                    for _ in range(QUICK_JOB_TURNS):
+                        if job.record is not None:
+                            break
+                        # A quick job is done once this task has yielded a turn or two
+                        # (Trio may run a batch in either order): then nothing needs to
+                        # watch the client or be woken.
                         await trio.lowlevel.checkpoint()
                     if job.record is None:
                         # One task watches both: the job's end cancels this scope.

@@ -100,25 +100,39 @@ class Request:
         declared = self.content_length()
         if declared is not None and declared > limit:
             return None
-        first = self._received()
-        if first is not None and not first.get("more_body", False):
-            return self._whole(first, limit)  # it came with the request: nothing to wait for
+        queued = self._queued(limit)
+        if isinstance(queued, bytes) or queued is None:
+            return queued  # it came with the request: nothing to wait for
         with trio.move_on_after(BODY_TIMEOUT):
-            return await self._collect(limit, first)
+            return await self._collect(limit, queued)
         raise BodyTimeout
 
-    def _received(self) -> Any:
-        """The next message if the server has already queued it, else None (never waits).
+    def _queued(self, limit: int) -> bytes | bytearray | None:
+        """The body if the server has already queued all of it (never waits).
 
-        hypercorn's ``receive`` is a trio memory channel's; any other is just awaited.
+        Returns the whole body, None when it exceeds ``limit``, or the part
+        queued so far as a ``bytearray``. hypercorn's ``receive`` is a trio
+        memory channel's, whose queue can be read without waiting; from any
+        other ``receive`` nothing is known to be queued.
         """
+        data = bytearray()
         channel = getattr(self.receive, "__self__", None)
         if not isinstance(channel, trio.MemoryReceiveChannel):
-            return None
-        try:
-            return channel.receive_nowait()
-        except trio.WouldBlock:
-            return None
+            return data
+        while True:
+            try:
+                message = channel.receive_nowait()
+            except trio.WouldBlock:
+                return data
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            if not data and not message.get("more_body", False):
+                return self._whole(message, limit)
+            data += message.get("body", b"")
+            if len(data) > limit:
+                return None
+            if not message.get("more_body", False):
+                return bytes(data)
 
     @staticmethod
     def _whole(message: Any, limit: int) -> bytes | None:
@@ -127,22 +141,19 @@ class Request:
         body: bytes = message.get("body", b"")
         return None if len(body) > limit else body
 
-    async def _collect(self, limit: int, message: Any) -> bytes | None:
+    async def _collect(self, limit: int, data: bytearray) -> bytes | None:
         receive = self.receive
-        if message is None:
-            message = await receive()
-            if not message.get("more_body", False):
-                return self._whole(message, limit)  # the usual case: one message
-        data = bytearray()
         while True:
+            message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
+            if not data and not message.get("more_body", False):
+                return self._whole(message, limit)  # the usual case: one message
             data += message.get("body", b"")
             if len(data) > limit:
                 return None
             if not message.get("more_body", False):
                 return bytes(data)
-            message = await receive()
 
     async def until_disconnect(self) -> None:
         """Wait until the client goes away, then raise :class:`ClientDisconnected`.
