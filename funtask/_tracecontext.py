@@ -41,7 +41,7 @@ _MEMBER_RE: Final = re.compile(f"({_KEY})=(?:{_VALUE})")
 
 
 class HeaderLookup(Protocol):
-    """What the carrier is read from: request headers (werkzeug's ``Headers``)."""
+    """What the carrier is read from: the request (``funtask._http.exchange.Request``)."""
 
     def getlist(self, key: str) -> list[str]:
         """Every value of header ``key``, in order."""
@@ -86,7 +86,6 @@ def carrier_from_headers(headers: HeaderLookup) -> dict[str, str] | None:
     are combined with ``,`` (RFC 9110). An invalid ``tracestate`` is dropped
     alone; without a valid ``traceparent`` nothing is kept.
     """
-    # getlist, not get: werkzeug's get raises and catches a KeyError for a missing header.
     parents = headers.getlist(TRACEPARENT)
     if len(parents) != 1 or not valid_traceparent(parents[0]):
         return None
