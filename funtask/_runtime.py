@@ -209,7 +209,7 @@ class Runtime:
                 await remove_dead_letter(letter)
 
     async def wait_sync(
-        self, job: Job, disconnected: Callable[[], Awaitable[None]] | None = None
+        self, job: Job, disconnected: Callable[[], Awaitable[None]]
     ) -> FinishedJob | None:
         """Wait for a job's result for a sync caller; None on the sync timeout.
 
@@ -222,21 +222,19 @@ class Runtime:
         # timeout the answer goes out at once, even while a job that ignores
         # the cancellation goes on.
         try:
-            with trio.move_on_after(self.sync_timeout):
-                if disconnected is None:
-                    await job.finished.wait()
-                else:
-                    for _ in range(QUICK_JOB_TURNS):
-                        if job.record is not None:
-                            break
-                        # A quick job is done once this task has yielded a turn or two
-                        # (Trio may run a batch in either order): then nothing needs to
-                        # watch the client or be woken.
-                        await trio.lowlevel.checkpoint()
-                    if job.record is None:
-                        # One task watches both: the job's end cancels this scope.
-                        with trio.CancelScope() as job.waiter:
-                            await disconnected()
+            if self.sync_timeout > 0:
+                for _ in range(QUICK_JOB_TURNS):
+                    if job.record is not None:
+                        break
+                    # A quick job is done once this task has yielded a turn or two
+                    # (Trio may run a batch in either order): then nothing needs to
+                    # watch the client, time out or be woken.
+                    await trio.lowlevel.checkpoint()
+            if job.record is None:
+                # One scope for both: the job's end cancels it, and so does the timeout.
+                deadline = trio.current_time() + self.sync_timeout
+                with trio.CancelScope(deadline=deadline) as job.waiter:
+                    await disconnected()
         except BaseException:
             job.cancel(REASON_DISCONNECT)
             self.result_unsent(job, "client disconnected")
