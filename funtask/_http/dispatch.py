@@ -107,11 +107,11 @@ class Dispatcher:
         for prefix, bound in self._prefixed:
             if path.startswith(prefix):
                 value = path[len(prefix) :]
+                if bound.route.rest:
+                    return (bound, value) if value else None
                 if value.endswith("/"):
                     value = value[:-1]
-                if value and (bound.route.rest or "/" not in value):
-                    return bound, value
-                return None
+                return (bound, value) if value and "/" not in value else None
         return None
 
     def _match_like_quart(self, path: str, method: str) -> tuple[_Bound, str] | None:
