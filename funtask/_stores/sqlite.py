@@ -58,8 +58,10 @@ CHECKPOINT_INTERVAL: Final = 10.0  # seconds between PASSIVE WAL checkpoints
 PURGE_INTERVAL: Final = 60.0  # seconds between purges of expired results
 _BUSY_TIMEOUT_MS: Final = 200  # the checkpointer or a CLI reader may hold a lock briefly
 _FILE_MODE: Final = 0o600
-# Small pages: every commit appends whole pages to the WAL, and a job's row is small.
-_PAGE_SIZE: Final = 1024  # bytes
+# A leaf holds about ten finished jobs. 1 KiB pages (less WAL per commit) split
+# on almost every settle, cost twice the page writes and miss the page cache:
+# about 30 % more time per job (bench/RESULTS.md 1c).
+_PAGE_SIZE: Final = 4096  # bytes
 
 # The primary key leads with job_id: ``/result`` looks a jobId up across tasks on
 # the table itself, and a claim writes one b-tree page. Only finished results
@@ -199,6 +201,7 @@ class SQLiteStore(Store):
         super().__init__(url, **options)
         assert url.path is not None
         self.path = url.path
+        self._instance_text = _text(self.instance)  # as written on every claim and settle
         self._conn: sqlite3.Connection | None = None
         self._version = 0
 
@@ -272,7 +275,7 @@ class SQLiteStore(Store):
         with self._transaction("claim") as conn:
             now = time.time()
             inserted = conn.execute(
-                _INSERT, (*key, self.token, _text(self.instance), now, now, callback_url, trace)
+                _INSERT, (*key, self.token, self._instance_text, now, now, callback_url, trace)
             )
             if inserted.rowcount == 0:  # a record exists: report it, unless it has expired
                 row = conn.execute(
@@ -291,7 +294,7 @@ class SQLiteStore(Store):
                 conn.execute("DELETE FROM jobs WHERE task = ? AND job_id = ?", key)
                 conn.execute(
                     _INSERT,
-                    (*key, self.token, _text(self.instance), now, now, callback_url, trace),
+                    (*key, self.token, self._instance_text, now, now, callback_url, trace),
                 )
         self._version += 1
         return Claim(
@@ -341,7 +344,7 @@ class SQLiteStore(Store):
                 "RETURNING started, renewed, callback_url, last_step, stop, trace",
                 (
                     state,
-                    _text(self.instance),
+                    self._instance_text,
                     result.finished_at,
                     result.body,
                     webhook_id,
@@ -493,7 +496,7 @@ class SQLiteStore(Store):
             conn.execute(
                 "INSERT INTO instances (token, instance, pid, last_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (token) DO UPDATE SET last_seen = excluded.last_seen",
-                (self.token, _text(self.instance), os.getpid(), now),
+                (self.token, self._instance_text, os.getpid(), now),
             )
         return Heartbeat(self._version, frozenset(stop), frozenset(lost))
 
@@ -519,7 +522,7 @@ class SQLiteStore(Store):
                         (
                             state,
                             self.token,
-                            _text(self.instance),
+                            self._instance_text,
                             now,
                             result.body,
                             webhook_id,
@@ -550,7 +553,7 @@ class SQLiteStore(Store):
                     conn.execute(
                         "UPDATE jobs SET token = ?, instance = ?, webhook_id = ? "
                         "WHERE task = ? AND job_id = ?",
-                        (self.token, _text(self.instance), webhook_id, *key),
+                        (self.token, self._instance_text, webhook_id, *key),
                     )
                     recovered.append(
                         StoredJob(
