@@ -23,6 +23,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import quote
@@ -450,26 +451,7 @@ class SQLiteStore(Store):
                 (_key(task), _key(jobs[0].job_id)),
             )
         self._version += 1
-        job = jobs[0]
-        return [
-            StoredJob(
-                job.task,
-                job.job_id,
-                job.state,
-                job.token,
-                job.instance,
-                job.started,
-                job.renewed,
-                callback_url=job.callback_url,
-                last_step=job.last_step,
-                stop=True,
-                trace=job.trace,
-                webhook_id=job.webhook_id,
-                result=job.result,
-                delivery=job.delivery,
-                attempts=job.attempts,
-            )
-        ]
+        return [replace(jobs[0], stop=True)]
 
     # -- this process --------------------------------------------------------
 
@@ -531,17 +513,11 @@ class SQLiteStore(Store):
                         ),
                     )
                     recovered.append(
-                        StoredJob(
-                            job.task,
-                            job.job_id,
-                            state,
-                            self.token,
-                            self.instance,
-                            job.started,
-                            job.renewed,
-                            callback_url=job.callback_url,
-                            last_step=job.last_step,
-                            trace=job.trace,
+                        replace(
+                            job,
+                            state=state,
+                            token=self.token,
+                            instance=self.instance,
                             webhook_id=webhook_id,
                             result=result,
                             delivery=delivery,
@@ -556,20 +532,11 @@ class SQLiteStore(Store):
                         (self.token, self._instance_text, webhook_id, *key),
                     )
                     recovered.append(
-                        StoredJob(
-                            job.task,
-                            job.job_id,
-                            job.state,
-                            self.token,
-                            self.instance,
-                            job.started,
-                            job.renewed,
-                            callback_url=job.callback_url,
-                            last_step=job.last_step,
-                            trace=job.trace,
+                        replace(
+                            job,
+                            token=self.token,
+                            instance=self.instance,
                             webhook_id=webhook_id,
-                            result=job.result,
-                            attempts=job.attempts,
                             recovered_from=job.state,
                         )
                     )
