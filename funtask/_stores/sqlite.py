@@ -2,8 +2,9 @@
 
 Standard :mod:`sqlite3`, WAL, ``synchronous=NORMAL`` (a committed
 transaction survives ``kill -9``; only an OS crash can lose the tail).
-Writes run inline on the Trio thread, each one ``BEGIN IMMEDIATE … COMMIT``
-(tens of microseconds); the WAL is checkpointed PASSIVE by
+Writes run inline on the Trio thread, each one transaction (tens of
+microseconds): ``BEGIN IMMEDIATE … COMMIT``, or for the hot path's
+single-statement claim and settle an implicit one; the WAL is checkpointed PASSIVE by
 :meth:`SQLiteStore.checkpoint` in a worker thread on a connection of its
 own (``wal_autocheckpoint=0``). One process owns the file (see
 :mod:`funtask._stores.lock`), so there are no leases: whatever is not
@@ -106,6 +107,16 @@ _INSERT: Final = (
     "INSERT INTO jobs (task, job_id, state, token, instance, started, renewed, "
     "callback_url, trace) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (job_id, task) DO NOTHING"
+)
+
+
+# Settles a running record held by the token; an empty answer means it is not.
+_SETTLE: Final = (
+    "UPDATE jobs SET state = ?, instance = ?, finished = ?, body = ?, "
+    "webhook_id = ?, delivery = ?, last_step = CASE WHEN ? THEN ? "
+    "ELSE last_step END WHERE task = ? AND job_id = ? AND token = ? "
+    "AND state = 'running' "
+    "RETURNING started, renewed, callback_url, last_step, stop, trace"
 )
 
 
@@ -264,6 +275,29 @@ class SQLiteStore(Store):
             except (sqlite3.Error, OSError) as exc:
                 raise StoreUnavailable(self.display, f"{what}: {exc}") from exc
 
+    def _write(self, what: str, sql: str, args: Sequence[Any]) -> tuple[int, list[Any]]:
+        """One statement as a transaction of its own (autocommit): its rowcount and rows.
+
+        For the hot path's single-statement writes. This process is the file's
+        only writer (rule 11), so an implicit transaction is exactly as safe as
+        ``BEGIN IMMEDIATE`` here, at two statements less: the read snapshot it
+        starts from cannot go stale before it takes the write lock. The
+        statement is stepped to its end (``fetchall``), which is when it commits.
+        """
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable(self.display, "the store is not open")
+        with _clock_held():
+            try:
+                cursor = conn.execute(sql, args)
+                rows = cursor.fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                with suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                raise StoreUnavailable(self.display, f"{what}: {exc}") from exc
+        return cursor.rowcount, rows
+
     def _expired_before(self, now: float) -> float:
         return -1.0 if self.result_ttl is None else now - self.result_ttl
 
@@ -273,26 +307,30 @@ class SQLiteStore(Store):
         self, task: str, job_id: str, *, callback_url: str | None, trace: str | None = None
     ) -> Claim:
         key = (_key(task), _key(job_id))
-        with self._transaction("claim") as conn:
-            now = time.time()
-            inserted = conn.execute(
-                _INSERT, (*key, self.token, self._instance_text, now, now, callback_url, trace)
-            )
-            if inserted.rowcount == 0:  # a record exists: report it, unless it has expired
+        now = time.time()
+        # The common case in one statement: no record yet.
+        inserted, _ = self._write(
+            "claim",
+            _INSERT,
+            (*key, self.token, self._instance_text, now, now, callback_url, trace),
+        )
+        if inserted == 0:  # a record exists: report it, unless it has expired
+            with self._transaction("claim") as conn:
                 row = conn.execute(
                     f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
                 ).fetchone()
-                job = _job(row)
-                expired = (
-                    job.state == "done"
-                    and job.result is not None
-                    and job.result.finished_at < self._expired_before(now)
-                )
-                if not expired:
-                    if job.finished:
-                        return Claim("stored", job)
-                    return Claim("claimed" if job.token == self.token else "running", job)
-                conn.execute("DELETE FROM jobs WHERE task = ? AND job_id = ?", key)
+                if row is not None:
+                    job = _job(row)
+                    expired = (
+                        job.state == "done"
+                        and job.result is not None
+                        and job.result.finished_at < self._expired_before(now)
+                    )
+                    if not expired:
+                        if job.finished:
+                            return Claim("stored", job)
+                        return Claim("claimed" if job.token == self.token else "running", job)
+                    conn.execute("DELETE FROM jobs WHERE task = ? AND job_id = ?", key)
                 conn.execute(
                     _INSERT,
                     (*key, self.token, self._instance_text, now, now, callback_url, trace),
@@ -335,42 +373,33 @@ class SQLiteStore(Store):
         key = (_key(task), _key(job_id))
         state: JobState = "delivering" if delivering else "done"
         delivery: DeliveryOutcome | None = None if delivering else "none"
-        with self._transaction("settle") as conn:
+        update = (
+            state,
+            self._instance_text,
+            result.finished_at,
+            result.body,
+            webhook_id,
+            delivery,
+            bool(result.result.last_step),
+            _text(result.result.last_step),
+            *key,
+            token,
+        )
+        if token == self.token:
             # The common case in one statement: the record is ours and running.
-            row = conn.execute(
-                "UPDATE jobs SET state = ?, instance = ?, finished = ?, body = ?, "
-                "webhook_id = ?, delivery = ?, last_step = CASE WHEN ? THEN ? "
-                "ELSE last_step END WHERE task = ? AND job_id = ? AND token = ? "
-                "AND state = 'running' "
-                "RETURNING started, renewed, callback_url, last_step, stop, trace",
-                (
-                    state,
-                    self._instance_text,
-                    result.finished_at,
-                    result.body,
-                    webhook_id,
-                    delivery,
-                    bool(result.result.last_step),
-                    _text(result.result.last_step),
-                    *key,
-                    token,
-                ),
-            ).fetchone()
-            if row is None:
-                found = conn.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
-                ).fetchone()
-                if found is None:
-                    return Settled("superseded", None)
-                current = _job(found)
-                same = current.result is not None and current.result.body == result.body
-                if current.token == token and current.state != "running" and same:
-                    return Settled("ok", current)
-                return Settled("superseded", current)
-            if token != self.token:  # a result offered for an earlier token: ours now
+            _, rows = self._write("settle", _SETTLE, update)
+            if not rows:
+                with self._transaction("settle") as conn:
+                    return self._settle_taken(conn, key, result, token)
+        else:  # a result offered for an earlier token: it becomes ours with it
+            with self._transaction("settle") as conn:
+                rows = conn.execute(_SETTLE, update).fetchall()
+                if not rows:
+                    return self._settle_taken(conn, key, result, token)
                 conn.execute(
                     "UPDATE jobs SET token = ? WHERE task = ? AND job_id = ?", (self.token, *key)
                 )
+        row = rows[0]
         self._version += 1
         started, renewed, callback_url, last_step, stop, trace = row
         return Settled(
@@ -392,6 +421,22 @@ class SQLiteStore(Store):
                 delivery=delivery,
             ),
         )
+
+    @staticmethod
+    def _settle_taken(
+        conn: sqlite3.Connection, key: tuple[bytes, bytes], result: FinishedJob, token: str
+    ) -> Settled:
+        """Settle's answer when the record is not ``running`` under ``token`` (rare)."""
+        found = conn.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
+        ).fetchone()
+        if found is None:
+            return Settled("superseded", None)
+        current = _job(found)
+        same = current.result is not None and current.result.body == result.body
+        if current.token == token and current.state != "running" and same:
+            return Settled("ok", current)  # applied before (an answer that was lost)
+        return Settled("superseded", current)
 
     async def delivered(
         self, task: str, job_id: str, *, outcome: DeliveryOutcome, attempts: int
