@@ -237,7 +237,9 @@ class Service:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited early ({self.proc.returncode}):\n{self.log_tail()}"
+                )
             with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
                 return
             time.sleep(0.05)
