@@ -77,6 +77,7 @@ class Settings:
     async_jobs: int = 1_000
     async_workers: int = 10  # async jobs in flight at a time
     async_tasks_per_worker: int = 4  # each worker goes round its own tasks
+    async_warmup_jobs: int = 50  # unmeasured, first
     hook_loops: int = 20_000  # observer hooks timed in the harness (metrics, tracing)
     hook_repeats: int = 7  # best of
     profile_seconds: float = 10.0  # of load under py-spy, per target
@@ -106,6 +107,7 @@ class Settings:
                 async_jobs=20,
                 async_workers=2,
                 async_tasks_per_worker=2,
+                async_warmup_jobs=4,
                 hook_loops=200,
                 hook_repeats=1,
                 profile_seconds=1.0,
@@ -325,6 +327,7 @@ class Harness:
         self.commands: list[str] = []
         self.services: list[Service] = []
         self.scratch: list[Path] = []  # dead-letter dirs outside self.tmp (tmpfs)
+        self.ports: set[int] = set()  # every port given to a server
 
     def note(self, command: str) -> None:
         command = command.replace(self.token, "$TOKEN")
@@ -339,13 +342,19 @@ class Harness:
         dead_letter_parent: Path | None = None,
         root: Path = REPO,
         cpu: int | None = None,
+        wait: bool = True,
     ) -> Service:
         """``python -m hypercorn -k trio -w 1 --bind 127.0.0.1:PORT bench.apps:APP``.
 
         ``root`` is the checkout whose ``funtask`` and ``bench.apps`` are served; with
         ``cpu`` the server (and its worker process) runs on that CPU only (``taskset``).
+        Waits until it listens, unless ``wait`` is false (several servers starting at
+        once: then call :meth:`Service.wait_listening` on each).
         """
         port = free_port()
+        while port in self.ports:  # a port given to a server that may not listen yet
+            port = free_port()
+        self.ports.add(port)
         parent = dead_letter_parent or self.tmp
         dead_letters = Path(tempfile.mkdtemp(prefix=f"dead-letters-{app}-", dir=parent))
         self.scratch.append(dead_letters)
@@ -366,8 +375,9 @@ class Harness:
             },
         )
         self.services.append(service)
-        service.wait_listening()
         self.note(service.command.replace(f":{port}", ":PORT"))
+        if wait:
+            service.wait_listening()
         return service
 
     def start_clients(
@@ -719,10 +729,15 @@ def compare_servers(
     """
     load = wrk if wrk is not None else post_script(h)
     cpu = shared_cpu() if pinned else None
-    targets = []
-    for variant in variants:
+    servers = []
+    for variant in variants:  # all start at once: each takes a second or two to import
         env = {"PYTHONHASHSEED": "0", **variant.env} if pinned else dict(variant.env)
-        server = h.start_server(variant.app, root=variant.root, cpu=cpu, env=env)
+        servers.append(
+            h.start_server(variant.app, root=variant.root, cpu=cpu, env=env, wait=False)
+        )
+    targets = []
+    for variant, server in zip(variants, servers, strict=True):
+        server.wait_listening()
         check_greet(server, h.token, variant.label, variant.expect)
         if check is not None:
             check(variant, server)

@@ -7,6 +7,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,13 @@ class BusyError(RuntimeError):
 
 
 async def drive_async(
-    port: int, receiver_port: int, token: str, workers: int, tasks_per_worker: int, jobs: int
+    port: int,
+    receiver_port: int,
+    token: str,
+    workers: int,
+    tasks_per_worker: int,
+    jobs: int,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """``jobs`` async runs, ``workers`` in flight at a time, never two on one task.
 
@@ -42,7 +49,7 @@ async def drive_async(
     the dead letter removed), a little after the receiver has the callback, so a
     task gets its next job only ``K - 1`` whole jobs later. A ``409 busy`` is
     counted (and the POST retried after 1-20 ms, so the run completes); the
-    caller fails if there were any.
+    caller fails if there were any. Job ids are ``{prefix}{task}-{n}``.
     """
     delivered: dict[str, float] = {}
     events: dict[str, trio.Event] = {}
@@ -75,7 +82,7 @@ async def drive_async(
         headers = {"Authorization": f"Bearer {token}"}
         for index in range(count):
             task = tasks[index % len(tasks)]
-            job_id = f"{task}-{index}"
+            job_id = f"{prefix}{task}-{index}"
             events[job_id] = trio.Event()
             body = json.dumps({"params": {}, "callbackUrl": hook, "jobId": job_id}).encode()
             posted[job_id] = time.monotonic()
@@ -140,16 +147,41 @@ def start_callbacks_server(h: Harness, receiver_port: int, parent: Path | None =
     return h.start_server("callbacks", env=env, dead_letter_parent=parent)
 
 
-def async_jobs(h: Harness, server: Service, receiver_port: int, jobs: int) -> dict[str, Any]:
+def async_jobs(
+    h: Harness,
+    server: Service,
+    receiver_port: int,
+    jobs: int,
+    *,
+    measuring: Callable[[], object] | None = None,
+) -> dict[str, Any]:
     """Drive ``jobs`` async jobs through ``server``; the figures, server CPU per job included.
 
-    The server's CPU (user + system of the worker process, every thread of it) is
-    read before the first POST and after the last dead letter is gone, so it covers
-    the measured jobs whole and nothing else (no /health polling).
+    ``Settings.async_warmup_jobs`` jobs go first, unmeasured. The server's CPU (user
+    + system of the worker process, every thread of it) is read before the first
+    measured POST and after the last dead letter is gone, so it covers the measured
+    jobs whole and nothing else (no /health polling). ``measuring`` is called after
+    the warm-up, just before the measured jobs (the profile starts py-spy there).
     """
     s = h.settings
     assert server.port is not None and server.dead_letters is not None
     pid = server.worker_pid()
+    if s.async_warmup_jobs:  # the first delivery imports httpx and builds its client
+        warm = trio.run(
+            drive_async,
+            server.port,
+            receiver_port,
+            h.token,
+            s.async_workers,
+            s.async_tasks_per_worker,
+            s.async_warmup_jobs,
+            "warmup-",
+        )
+        wait_empty(server.dead_letters)
+        if warm["busy"] or warm["unexpected"]:
+            raise BusyError(f"async warm-up met 409 or another answer: {warm}")
+    if measuring is not None:
+        measuring()
     before = cpu_times(pid)
     result = trio.run(
         drive_async,
@@ -276,7 +308,9 @@ def report(r: Report, data: dict[str, Any], s: Settings) -> None:
         "it does. Every delivery writes an fsynced dead letter first and removes it after "
         "the 2xx. Server CPU per job is the hypercorn worker's user + system time (all its "
         "threads) from the first POST until the last dead letter was gone, over the jobs "
-        "delivered. Run twice: dead letters on the disk, then on tmpfs (where fsync costs "
+        f"delivered, after {s.async_warmup_jobs} jobs unmeasured (the first delivery "
+        "imports httpx and builds its client). Run twice: dead letters on the disk, then "
+        "on tmpfs (where fsync costs "
         'nothing), to separate the disk from funtask. "Dead-letter cycle" is the median '
         "time of those file operations alone, timed by the harness in the same directory.",
         "",

@@ -28,8 +28,9 @@ from bench.report import Report, contention
 def run(h: Harness) -> dict[str, Any]:
     """/health with empty and full history, and the floors sending as many bytes, side by side."""
     s = h.settings
-    empty = h.start_server("health")
+    empty = h.start_server("health", wait=False)
     full = h.start_server("health")
+    empty.wait_listening()
     assert empty.port is not None and full.port is not None
     results: dict[str, Any] = {"tasks": s.health_tasks, "results_per_task": s.health_results}
     body = get_json(empty.port, "/health", h.token)

@@ -229,14 +229,22 @@ def profile_async(h: Harness, output: Path) -> dict[str, Any]:
     s = h.settings
     _, receiver_port = start_receiver(h)
     server = start_callbacks_server(h, receiver_port)
-    spy = PySpy(h, server.worker_pid(), output)
-    result = async_jobs(h, server, receiver_port, s.async_jobs)
-    spy.stop()
+    pid = server.worker_pid()
+    spies: list[PySpy] = []  # started once the warm-up jobs are done
+    result = async_jobs(
+        h,
+        server,
+        receiver_port,
+        s.async_jobs,
+        measuring=lambda: spies.append(PySpy(h, pid, output)),
+    )
+    spies[0].stop()
     h.stop_all()
     if result["busy"] or result["unexpected"]:
         raise RuntimeError(f"profile async: 409s or unexpected answers: {result}")
     return {
-        "what": f"{result['delivered']:,} async jobs with callbacks (as in case 6, on disk)",
+        "what": f"{result['delivered']:,} async jobs with callbacks (as in case 6, on disk, "
+        f"after {s.async_warmup_jobs} unprofiled)",
         "unit": "job",
         "count": result["delivered"],
         "non_2xx": result["busy"],
