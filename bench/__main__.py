@@ -1,6 +1,6 @@
 """funtask's speed benchmark: the overhead around the user's function, against our own stack.
 
-    python -m bench                          # every case, ~5 minutes, writes bench/RESULTS.md
+    python -m bench                          # every case, ~6 minutes, writes bench/RESULTS.md
     python -m bench --quick                  # every case, shorter (~1.5 minutes), prints only
     python -m bench overhead memory [--output FILE]   # some cases (or --case NAME, repeatable)
     python -m bench store --rounds 30        # memory vs SQLite store, 30 rounds
