@@ -19,6 +19,7 @@ from typing import Final
 import pytest
 
 from bench.cases import CASES
+from bench.cases.profile import attribute
 from bench.harness import find_tool
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -60,6 +61,33 @@ def _digest(path: Path) -> str:
 
 def test_every_case_is_checked() -> None:
     assert set(EXPECTED) == set(CASES)
+
+
+def test_profile_attribution_rule() -> None:
+    """The innermost frame of a known package decides; the stdlib counts for its caller."""
+    site = "/venv/lib/python3.11/site-packages"
+    stdlib = "/usr/lib/python3.11"
+    thread = [
+        f"Thread.run ({stdlib}/threading.py:982)",
+        f"WorkerThread._work ({site}/trio/_core/_thread_cache.py:213)",
+        f"capture ({site}/outcome/_impl.py:67)",
+    ]
+    dead_letter = f"write_dead_letter ({REPO}/funtask/_deadletters.py:320)"
+    assert attribute([*thread, dead_letter, f"replace ({stdlib}/os.py:10)"])[0] == (
+        "dead-letter I/O"
+    )
+    assert attribute(thread)[0] == "trio"
+    handler = f"run ({REPO}/funtask/_app.py:100)"
+    assert attribute([handler, f"dumps ({stdlib}/json/__init__.py:231)"])[0] == "json"
+    assert attribute([handler, f"info ({stdlib}/logging/__init__.py:1)"])[0] == "funtask"
+    h11 = f"next_event ({site}/h11/_connection.py:400)"
+    assert attribute([f"handle ({site}/hypercorn/protocol/h11.py:1)", h11])[0] == "h11"
+    assert attribute([f"get ({site}/werkzeug/datastructures.py:1)"])[0] == "quart/werkzeug"
+    assert attribute([f"send ({site}/httpcore/_async/http11.py:1)"])[0] == "httpx/httpcore"
+    assert attribute([f"inc ({site}/prometheus_client/metrics.py:1)"])[0] == "other"
+    assert attribute(["<module> (<frozen runpy>:88)", f"x ({stdlib}/selectors.py:1)"])[0] == (
+        "other"
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the bench reads /proc")

@@ -62,8 +62,11 @@ PACKAGE_LAYERS: Final = {
     "werkzeug": "quart/werkzeug",
     "httpx": "httpx/httpcore",
     "httpcore": "httpx/httpcore",
+    "certifi": "httpx/httpcore",  # httpx's CA bundle
     "funtask": "funtask",
     "trio": "trio",
+    "outcome": "trio",  # trio's own helpers (to_thread's worker, sniffing)
+    "sniffio": "trio",
 }
 DEAD_LETTERS: Final = "funtask/_deadletters.py"
 _STDLIB: Final = str(Path(sysconfig.get_paths()["stdlib"]).resolve())
