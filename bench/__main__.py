@@ -28,7 +28,8 @@ from typing import Any
 
 from bench.cases import CASES, DEFAULT_CASES
 from bench.cases.profile import TARGETS as PROFILE_TARGETS
-from bench.harness import BENCH, Harness, Settings, find_tool, log
+from bench.harness import BENCH, Harness, Settings
+from bench.processes import find_tool, log
 from bench.report import machine, render, speed_probe
 
 

@@ -11,43 +11,38 @@ figures; its report function turns them into a section of the Markdown report.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import resource
 import secrets
-import select
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import trio
-
-from bench.lean import Connection, request_once
+from bench.lean import call
+from bench.processes import (
+    HOST,
+    REPO,
+    Service,
+    children_cpu_seconds,
+    cpu_seconds,
+    free_port,
+    log,
+    machine_busy_seconds,
+)
 
 if TYPE_CHECKING:
     from bench.report import Report
 
-REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-HOST = "127.0.0.1"
 WRK_THREADS = 2
 WRK_CONNECTIONS = 16
-
-
-def log(message: str) -> None:
-    """Progress on stderr (the results go to the Markdown file)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- settings and cases ---------------------------------------------------------------
@@ -143,175 +138,6 @@ class Case:
     run: Callable[[Harness], dict[str, Any]]
     report: Callable[[Report, dict[str, Any], Settings], None]
     tools: tuple[str, ...] = ("wrk",)  # programs it needs on the PATH
-
-
-# -- processes ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_times(pid: int) -> tuple[float, float]:
-    """User and system CPU time of ``pid`` so far (every thread of it), in seconds."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def machine_busy_seconds() -> float:
-    """CPU time spent by the whole machine so far (every core, not idle or iowait)."""
-    with open("/proc/stat") as file:
-        fields = [int(v) for v in file.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    """CPU time of this process's waited-for children (wrk runs)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def rss_bytes(pid: int) -> int:
-    """The resident set size of ``pid`` (VmRSS)."""
-    with open(f"/proc/{pid}/status") as file:
-        for line in file:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-class Service:
-    """A process this harness started (a server, the receiver or the SSE clients)."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        logdir: Path,
-        env: dict[str, str] | None = None,
-        port: int | None = None,
-        stdout_pipe: bool = False,
-        dead_letters: Path | None = None,
-        root: Path = REPO,
-    ) -> None:
-        self.name = name
-        self.root = root
-        self.argv = argv
-        self.port = port
-        self.dead_letters = dead_letters
-        self.logfile = logdir / f"{name}.log"
-        self._log = open(self.logfile, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=root,
-            env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE if stdout_pipe else self._log,
-            stderr=self._log,
-            start_new_session=True,
-        )
-        self._pending = b""
-
-    @property
-    def command(self) -> str:
-        shown = shlex.join(
-            a.replace(sys.executable, "python").replace(str(REPO) + "/", "") for a in self.argv
-        )
-        return shown if self.root == REPO else f"(cd BASELINE && {shown})"
-
-    def wait_listening(self, timeout: float = 30.0) -> None:
-        """Until the port accepts connections."""
-        assert self.port is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited early ({self.proc.returncode}):\n{self.log_tail()}"
-                )
-            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not listen within {timeout} s:\n{self.log_tail()}")
-
-    def worker_pid(self) -> int:
-        """hypercorn ``-w 1`` serves from a spawned child; this is its pid."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            pid = self.proc.pid
-            with open(f"/proc/{pid}/task/{pid}/children") as file:
-                children = [int(c) for c in file.read().split()]
-            for child in children:
-                with open(f"/proc/{child}/cmdline", "rb") as file:
-                    if b"spawn_main" in file.read():
-                        return child
-            time.sleep(0.05)
-        raise RuntimeError(f"no hypercorn worker under {self.proc.pid}")
-
-    def read_line(self, timeout: float) -> str:
-        """One line of the process's stdout (``stdout_pipe=True``)."""
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no output from {self.name} in {timeout} s")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
-                self._pending += chunk
-        line, _, self._pending = self._pending.partition(b"\n")
-        return line.decode()
-
-    def count(self) -> dict[str, Any]:
-        """Ask ``bench.sse_clients`` for its frame and byte counts so far."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"count\n")
-        self.proc.stdin.flush()
-        return dict(json.loads(self.read_line(30)))
-
-    def finish(self) -> dict[str, Any]:
-        """Close an idle ``bench.sse_clients``'s stdin; its final report."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        return dict(json.loads(self.read_line(30)))
-
-    def log_tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL the process group it leads if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} ignored SIGTERM for {timeout} s; killing its group")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None and not stream.closed:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        self._log.close()
 
 
 class Harness:
@@ -531,69 +357,6 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return result
 
 
-# -- lean async drivers ----------------------------------------------------------------
-
-
-def call(port: int, method: str, path: str, token: str, payload: Any = None) -> tuple[int, Any]:
-    """One request from this process (setup, checks and sync task runs)."""
-    return trio.run(lambda: request_once(port, method, path, token=token, payload=payload))
-
-
-def get_json(port: int, path: str, token: str) -> Any:
-    """GET ``path``; its JSON body (anything but 200 is an error)."""
-    status, body = call(port, "GET", path, token)
-    if status != 200:
-        raise RuntimeError(f"GET {path} answered {status}: {body!r}")
-    return body
-
-
-def run_task(port: int, token: str, task: str, params: dict[str, Any], **extra: Any) -> Any:
-    """POST /run/task synchronously; the result's data."""
-    status, body = call(port, "POST", f"/run/{task}", token, {"params": params, **extra})
-    if status != 200 or not isinstance(body, dict) or not body.get("success"):
-        raise RuntimeError(f"/run/{task} answered {status}: {body!r}")
-    return body.get("data", {})
-
-
-async def drive_jobs(
-    port: int,
-    token: str,
-    tasks: list[str],
-    total: int,
-    *,
-    make_body: Callable[[str, int], bytes] = lambda task, n: b'{"params":{}}',
-    per_task: bool = False,
-) -> dict[str, int]:
-    """Run ``total`` sync jobs, one keep-alive connection per task; count the statuses.
-
-    With ``per_task`` every task runs ``total // len(tasks)`` of them; otherwise the
-    connections share the total.
-    """
-    statuses: dict[str, int] = {}
-    issued = 0
-    headers = {"Authorization": f"Bearer {token}"}
-
-    async def worker(task: str) -> None:
-        nonlocal issued
-        connection = await Connection.open(HOST, port)
-        mine = 0
-        try:
-            while (mine < total // len(tasks)) if per_task else (issued < total):
-                issued += 1
-                mine += 1
-                status, _ = await connection.request(
-                    "POST", f"/run/{task}", make_body(task, issued), headers
-                )
-                statuses[str(status)] = statuses.get(str(status), 0) + 1
-        finally:
-            await connection.aclose()
-
-    async with trio.open_nursery() as nursery:
-        for task in tasks:
-            nursery.start_soon(worker, task)
-    return statuses
-
-
 @dataclass
 class Target:
     """One server measured by :func:`interleaved`: a label, a URL and how to call wrk."""
@@ -747,15 +510,6 @@ def compare_servers(
     h.stop_all()
     summary["keys"] = [variant.key for variant in variants]
     return summary
-
-
-def find_tool(name: str) -> str | None:
-    """``name`` on the PATH, or beside this Python (a venv's ``bin``: py-spy from pip)."""
-    found = shutil.which(name)
-    if found is None:
-        beside = Path(sys.executable).parent / name
-        found = str(beside) if beside.exists() else None
-    return found
 
 
 #: The trivial sync ``/run`` and the two floors under it, on the same hypercorn worker.

@@ -20,7 +20,7 @@ import pytest
 
 from bench.cases import CASES
 from bench.cases.profile import attribute
-from bench.harness import find_tool
+from bench.processes import find_tool
 
 REPO: Final = Path(__file__).resolve().parent.parent
 RESULTS: Final = REPO / "bench" / "RESULTS.md"

@@ -13,17 +13,9 @@ from typing import Any
 
 import trio
 
-from bench.harness import (
-    HOST,
-    Case,
-    Harness,
-    Service,
-    Settings,
-    cpu_times,
-    get_json,
-    log,
-)
-from bench.lean import Connection
+from bench.harness import Case, Harness, Settings
+from bench.lean import Connection, get_json
+from bench.processes import HOST, Service, cpu_times, log
 from bench.report import Report, _f
 
 

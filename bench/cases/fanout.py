@@ -8,14 +8,9 @@ import statistics
 import time
 from typing import Any
 
-from bench.harness import (
-    Case,
-    Harness,
-    Settings,
-    cpu_seconds,
-    log,
-    run_task,
-)
+from bench.harness import Case, Harness, Settings
+from bench.lean import run_task
+from bench.processes import cpu_seconds, log
 from bench.report import Report, _f
 
 

@@ -10,18 +10,16 @@ from typing import Any
 import trio
 
 from bench.harness import (
-    HOST,
     WRK_CONNECTIONS,
     WRK_THREADS,
     Case,
     Harness,
     Settings,
     Target,
-    drive_jobs,
-    get_json,
     interleaved,
-    log,
 )
+from bench.lean import drive_jobs, get_json
+from bench.processes import HOST, log
 from bench.report import Report, contention
 
 

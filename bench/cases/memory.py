@@ -8,16 +8,9 @@ from typing import Any
 
 import trio
 
-from bench.harness import (
-    WRK_CONNECTIONS,
-    Case,
-    Harness,
-    Settings,
-    drive_jobs,
-    get_json,
-    log,
-    rss_bytes,
-)
+from bench.harness import WRK_CONNECTIONS, Case, Harness, Settings
+from bench.lean import drive_jobs, get_json
+from bench.processes import log, rss_bytes
 from bench.report import Report
 
 

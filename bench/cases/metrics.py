@@ -11,14 +11,14 @@ import trio
 from bench.harness import (
     Case,
     Harness,
-    Service,
     Settings,
     Variant,
     baseline_label,
-    call,
     compare_servers,
     round_ratios,
 )
+from bench.lean import call
+from bench.processes import Service
 from bench.report import Report, contention
 
 

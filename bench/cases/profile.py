@@ -25,18 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.cases.asyncjobs import async_jobs, start_callbacks_server, start_receiver
-from bench.harness import (
-    HOST,
-    REPO,
-    Case,
-    Harness,
-    Settings,
-    check_greet,
-    cpu_seconds,
-    find_tool,
-    log,
-    post_script,
-)
+from bench.harness import Case, Harness, Settings, check_greet, post_script
+from bench.processes import HOST, REPO, cpu_seconds, find_tool, log
 from bench.report import Report
 
 #: What ``python -m bench profile`` can profile.

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import (
-    Case,
-    Harness,
-    Service,
-    Settings,
-    log,
-    run_task,
-)
+from bench.harness import Case, Harness, Settings
+from bench.lean import run_task
+from bench.processes import Service, log
 from bench.report import Report
 
 PROGRESS_VARIANTS = (

@@ -14,18 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.harness import (
-    HOST,
-    Case,
-    Harness,
-    Service,
-    Settings,
-    Variant,
-    compare_servers,
-    free_port,
-    get_json,
-    round_ratios,
-)
+from bench.harness import Case, Harness, Settings, Variant, compare_servers, round_ratios
+from bench.lean import get_json
+from bench.processes import HOST, Service, free_port
 from bench.report import Report
 
 

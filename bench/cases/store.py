@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    REPO,
     Case,
     Harness,
-    Service,
     Settings,
     Variant,
     baseline_label,
     compare_servers,
-    get_json,
     round_ratios,
 )
+from bench.lean import get_json
+from bench.processes import REPO, Service
 from bench.report import Report
 
 

@@ -8,15 +8,8 @@ from typing import Any
 
 import trio
 
-from bench.harness import (
-    Case,
-    Harness,
-    Service,
-    Settings,
-    Variant,
-    compare_servers,
-    round_ratios,
-)
+from bench.harness import Case, Harness, Settings, Variant, compare_servers, round_ratios
+from bench.processes import Service
 from bench.report import Report, contention
 
 
