@@ -115,6 +115,12 @@ def report(r: Report, data: dict[str, Any], s: Settings) -> None:
         "",
     )
     contention(r, [data[key] for key in ("empty", "full", "floor", "quart_floor")])
+    r.target(
+        "/health with a full history: >= 95 % of the raw ASGI floor sending as many bytes "
+        "(issue 14)",
+        f"{data['ratio_floor']:.1%}",
+        data["ratio_floor"] >= 0.95,
+    )
 
 
 CASE = Case("health", run, report, tools=("wrk",))
