@@ -154,7 +154,7 @@ def _short(frame: str) -> str:
 
 
 class PySpy:
-    """``py-spy record`` on one process, from :meth:`start` until :meth:`stop`."""
+    """``py-spy record`` on one process, from when it is made until :meth:`stop`."""
 
     def __init__(self, h: Harness, pid: int, output: Path) -> None:
         binary = find_tool("py-spy")
@@ -203,10 +203,12 @@ def profile_run(h: Harness, output: Path) -> dict[str, Any]:
         h.wrk(url, s.warmup, **load)
     seconds = max(1, round(s.profile_seconds))
     spy = PySpy(h, pid, output)
-    before = cpu_seconds(pid)
-    result = h.wrk(url, seconds, pid=pid, **load)
-    cpu = cpu_seconds(pid) - before
-    spy.stop()
+    try:
+        before = cpu_seconds(pid)
+        result = h.wrk(url, seconds, pid=pid, **load)
+        cpu = cpu_seconds(pid) - before
+    finally:
+        spy.stop()
     h.stop_all()
     return {
         "what": f"trivial sync `/run` under wrk ({seconds} s, as in case 1)",
@@ -224,14 +226,17 @@ def profile_async(h: Harness, output: Path) -> dict[str, Any]:
     server = start_callbacks_server(h, receiver_port)
     pid = server.worker_pid()
     spies: list[PySpy] = []  # started once the warm-up jobs are done
-    result = async_jobs(
-        h,
-        server,
-        receiver_port,
-        s.async_jobs,
-        measuring=lambda: spies.append(PySpy(h, pid, output)),
-    )
-    spies[0].stop()
+    try:
+        result = async_jobs(
+            h,
+            server,
+            receiver_port,
+            s.async_jobs,
+            measuring=lambda: spies.append(PySpy(h, pid, output)),
+        )
+    finally:
+        for spy in spies:
+            spy.stop()
     h.stop_all()
     if result["busy"] or result["unexpected"]:
         raise RuntimeError(f"profile async: 409s or unexpected answers: {result}")
@@ -252,7 +257,7 @@ PROFILERS: Final[dict[str, Callable[[Harness, Path], dict[str, Any]]]] = {
 
 
 def run(h: Harness) -> dict[str, Any]:
-    """Each target of ``--profile`` targets in turn; their raw profiles and layer shares."""
+    """Each profile target asked for in turn; their raw profiles and layer shares."""
     s = h.settings
     directory = Path(s.profile_dir or Path(tempfile.gettempdir()) / "funtask-bench-profiles")
     directory.mkdir(parents=True, exist_ok=True)
