@@ -23,7 +23,8 @@ then hard-linked into place -- ``link`` fails instead of replacing an existing
 file, so concurrent writers cannot clobber each other.  On filesystems without
 hard links the final name is reserved with ``O_CREAT | O_EXCL`` and the
 temporary file renamed over that (empty) reservation.  The directory is
-fsynced afterwards.  The async functions run all blocking file I/O in a worker
+fsynced afterwards (after writes and updates; a removal is made durable by
+the next write's sync).  The async functions run all blocking file I/O in a worker
 thread (:func:`trio.to_thread.run_sync`, not abandoned on cancellation), so
 they never block the event loop and a cancelled write is either complete or
 never started.  The sync functions are meant for the command line.
@@ -146,7 +147,9 @@ async def update_dead_letter(path: str | os.PathLike[str], meta: Mapping[str, An
 
 
 async def remove_dead_letter(path: str | os.PathLike[str]) -> None:
-    """Delete the dead letter at ``path`` (a missing file is fine) and sync its directory."""
+    """Delete the dead letter at ``path`` (a missing file is fine; its directory is not synced)."""
+    # Not synced here: a removal that an OS crash undoes means a result delivered twice
+    # (replay), never one lost.
     await run_in_thread(_remove, os.fspath(path))
 
 
@@ -395,9 +398,11 @@ def _update(path: str, meta: dict[str, Any]) -> None:
 
 
 def _remove(path: str) -> None:
+    # The directory is not synced: a removal that an OS crash undoes costs a duplicate
+    # delivery at worst (replay; the webhook-id stays the same), never a result, and the
+    # next letter's directory sync makes it durable anyway.
     try:
         os.unlink(path)
     except FileNotFoundError:
         return
-    _fsync_directory(os.path.dirname(path) or os.curdir)
     logger.debug("dead letter removed: %s", path)
