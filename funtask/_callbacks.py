@@ -304,7 +304,7 @@ class Delivery:
         """Write the dead letter; on failure log why (with the jobId) and return None."""
         try:
             return await write_dead_letter(
-                self.dead_letter_dir, record.job_id, record.response, meta
+                self.dead_letter_dir, record.job_id, record.response, meta, encoded=record.body
             )
         except (OSError, ValueError, TypeError):
             job_log(logger, record.task, record.job_id, self.instance).error(
