@@ -1,4 +1,4 @@
-"""The ASGI apps that ``bench/run.py`` serves, each with ``python -m hypercorn -k trio -w 1``.
+"""The ASGI apps that ``python -m bench`` serves, each with ``python -m hypercorn -k trio -w 1``.
 
 Floors (the cost of the stack funtask is built on):
 
@@ -18,8 +18,9 @@ funtask servers (token from ``$FUNTASK_AUTH_TOKEN``, dead letters in
 - ``progress``: ``spin`` (times ``run.progress`` in a loop) and ``fanout``
   (calls ``run.progress`` as fast as it can for a while).
 - ``health``: fifty tasks ``t00`` … ``t49`` keeping 100 results each.
-- ``callbacks``: ten tasks ``a0`` … ``a9`` with callbacks allowed to
-  ``$BENCH_CALLBACK_ORIGIN`` (the harness's receiver).
+- ``callbacks``: ``$BENCH_CALLBACK_TASKS`` tasks (ten unless set) ``a0``,
+  ``a1`` … with callbacks allowed to ``$BENCH_CALLBACK_ORIGIN`` (the harness's
+  receiver).
 
 ``$FUNTASK_BENCH_OTEL`` (read at import, before funtask starts serving) sets
 what the server process has of OpenTelemetry: unset, the API as installed
@@ -315,5 +316,5 @@ callbacks = _server(
     "bench-callbacks",
     callback_allowlist=[os.environ.get("BENCH_CALLBACK_ORIGIN", "http://127.0.0.1:9")],
 )
-for _index in range(10):
+for _index in range(int(os.environ.get("BENCH_CALLBACK_TASKS", "10"))):
     callbacks.add_task(f"a{_index}", _trivial)

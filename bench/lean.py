@@ -8,11 +8,20 @@ httpx, so the load it adds to the shared two cores stays small.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-__all__ = ["Connection", "HttpError", "request_once"]
+__all__ = [
+    "Connection",
+    "HttpError",
+    "call",
+    "drive_jobs",
+    "get_json",
+    "request_once",
+    "run_task",
+]
 
 
 class HttpError(Exception):
@@ -117,3 +126,66 @@ async def request_once(
         return status, json.loads(raw)
     except ValueError:
         return status, raw
+
+
+# -- the harness's drivers (blocking: each runs its own trio.run) -------------------
+
+
+def call(port: int, method: str, path: str, token: str, payload: Any = None) -> tuple[int, Any]:
+    """One request from this process (setup, checks and sync task runs)."""
+    return trio.run(lambda: request_once(port, method, path, token=token, payload=payload))
+
+
+def get_json(port: int, path: str, token: str) -> Any:
+    """GET ``path``; its JSON body (anything but 200 is an error)."""
+    status, body = call(port, "GET", path, token)
+    if status != 200:
+        raise RuntimeError(f"GET {path} answered {status}: {body!r}")
+    return body
+
+
+def run_task(port: int, token: str, task: str, params: dict[str, Any], **extra: Any) -> Any:
+    """POST /run/task synchronously; the result's data."""
+    status, body = call(port, "POST", f"/run/{task}", token, {"params": params, **extra})
+    if status != 200 or not isinstance(body, dict) or not body.get("success"):
+        raise RuntimeError(f"/run/{task} answered {status}: {body!r}")
+    return body.get("data", {})
+
+
+async def drive_jobs(
+    port: int,
+    token: str,
+    tasks: list[str],
+    total: int,
+    *,
+    make_body: Callable[[str, int], bytes] = lambda task, n: b'{"params":{}}',
+    per_task: bool = False,
+) -> dict[str, int]:
+    """Run ``total`` sync jobs, one keep-alive connection per task; count the statuses.
+
+    With ``per_task`` every task runs ``total // len(tasks)`` of them; otherwise the
+    connections share the total.
+    """
+    statuses: dict[str, int] = {}
+    issued = 0
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def worker(task: str) -> None:
+        nonlocal issued
+        connection = await Connection.open("127.0.0.1", port)
+        mine = 0
+        try:
+            while (mine < total // len(tasks)) if per_task else (issued < total):
+                issued += 1
+                mine += 1
+                status, _ = await connection.request(
+                    "POST", f"/run/{task}", make_body(task, issued), headers
+                )
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+        finally:
+            await connection.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for task in tasks:
+            nursery.start_soon(worker, task)
+    return statuses

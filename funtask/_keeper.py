@@ -357,7 +357,11 @@ class StoreKeeper:
         }
         try:
             return await write_dead_letter(
-                self.runtime.dead_letter_dir or "", record.job_id, record.response, meta
+                self.runtime.dead_letter_dir or "",
+                record.job_id,
+                record.response,
+                meta,
+                encoded=record.body,
             )
         except (OSError, ValueError, TypeError):
             job_log(logger, record.task, record.job_id, self.runtime.instance).error(

@@ -21,6 +21,7 @@ from ._config import to_seconds
 from ._deadletters import remove_dead_letter, update_dead_letter
 from ._duration import format_duration, format_duration_seconds
 from ._events import EventHub
+from ._http11 import LeanHTTP, proxy_configured
 from ._jobs import (
     REASON_DISCONNECT,
     REASON_SHUTDOWN,
@@ -53,7 +54,11 @@ class Runtime:
     """Everything that exists only while a server is serving."""
 
     def __init__(
-        self, server: Server, nursery: trio.Nursery, callback_client: httpx.AsyncClient
+        self,
+        server: Server,
+        nursery: trio.Nursery,
+        callback_client: httpx.AsyncClient,
+        lean_http: LeanHTTP | None = None,
     ) -> None:
         settings = server.settings
         self.server = server
@@ -95,6 +100,7 @@ class Runtime:
                 callback_client,
                 timeout=self.callback_timeout,
                 signing_key=None if secret is None else signing_key(secret),
+                lean=lean_http,
             ),
             dead_letter_dir=self.dead_letter_dir or "",
             retries=settings.callback_retries,
@@ -506,6 +512,7 @@ async def _open_runtime(
     server: Server, callback_transport: httpx.AsyncBaseTransport | None
 ) -> AsyncIterator[Runtime]:
     runtime: Runtime | None = None
+    lean_http: LeanHTTP | None = None
     try:
         async with (
             httpx.AsyncClient(
@@ -513,7 +520,10 @@ async def _open_runtime(
             ) as callback_client,
             trio.open_nursery() as nursery,
         ):
-            runtime = Runtime(server, nursery, callback_client)
+            # A transport of the caller's (a test seam) or a proxy: every POST through httpx.
+            if callback_transport is None and not proxy_configured():
+                lean_http = LeanHTTP(callback_client.headers.items())
+            runtime = Runtime(server, nursery, callback_client, lean_http)
             async with trio.open_nursery() as jobs_nursery:
                 runtime.runner.nursery = jobs_nursery
                 # Before anything is served: a persistent store settles what the last
@@ -529,6 +539,8 @@ async def _open_runtime(
                 jobs_nursery.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
     finally:
+        if lean_http is not None:
+            lean_http.close()
         if runtime is not None:  # after the nursery: the heartbeat was the last task
             await runtime.keeper.aclose()
     if runtime.drain_began_at is not None:

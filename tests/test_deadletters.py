@@ -230,6 +230,23 @@ async def test_no_temporary_files_after_success(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["a%2Fb.json", "a%2Fb~2.json"]
 
 
+async def test_encoded_body_is_spliced_not_serialised_again(tmp_path: Path) -> None:
+    body = make_body()
+    encoded = b'{"jobId":"job-1", "kept": "as sent"}'  # the bytes win over the mapping
+    path = await write_dead_letter(tmp_path, "job-1", body, make_meta(), encoded=encoded)
+    assert read_bytes(path) == encoded[:-1] + b',"deadLetter":' + compact(make_meta()) + b"}"
+    letter = read_dead_letter(path)
+    assert letter.body == {"jobId": "job-1", "kept": "as sent"}
+    assert letter.attempts == 0
+    same = await write_dead_letter(tmp_path, "job-1", body, make_meta(), encoded=compact(body))
+    assert read_bytes(same) == compact({**body, "deadLetter": make_meta()})
+
+
+async def test_encoded_body_that_is_not_an_object_is_serialised(tmp_path: Path) -> None:
+    path = await write_dead_letter(tmp_path, "job-1", make_body(), make_meta(), encoded=b"[1]")
+    assert read_bytes(path) == compact({**make_body(), "deadLetter": make_meta()})
+
+
 async def test_fsync_failure_raises_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

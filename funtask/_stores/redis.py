@@ -23,7 +23,7 @@ import hashlib
 import logging
 import ssl
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
 from typing import Any, Final
 from urllib.parse import quote
@@ -35,9 +35,6 @@ from .._threads import hold_mock_clock
 from .._wire import FinishedJob
 from . import _redis_lua as lua
 from .base import (
-    DEFAULT_RESULT_TTL,
-    DEFAULT_STORE_LEASE,
-    DEFAULT_STORE_TIMEOUT,
     Claim,
     DeliveryOutcome,
     Heartbeat,
@@ -184,41 +181,21 @@ class RedisStore(Store):
     persistent = True
     pool = True
 
-    def __init__(
-        self,
-        url: StoreURL,
-        *,
-        name: str,
-        instance: str,
-        result_history: int,
-        keep_results: Mapping[str, int] | None = None,
-        result_ttl: float | None = DEFAULT_RESULT_TTL,
-        store_lease: float = DEFAULT_STORE_LEASE,
-        store_timeout: float = DEFAULT_STORE_TIMEOUT,
-    ) -> None:
-        if result_ttl is None:
+    def __init__(self, url: StoreURL, **options: Any) -> None:
+        super().__init__(url, **options)
+        if self.result_ttl is None:
             raise ConfigError(
-                name,
+                self.name,
                 ["result_ttl=None (keep results forever) is not available with a redis store"],
             )
-        super().__init__(
-            url,
-            name=name,
-            instance=instance,
-            result_history=result_history,
-            keep_results=keep_results,
-            result_ttl=result_ttl,
-            store_lease=store_lease,
-            store_timeout=store_timeout,
-        )
-        tag = "{funtask:" + quote(name, safe="") + "}"
+        tag = "{funtask:" + quote(self.name, safe="") + "}"
         self._prefix = tag + ":"
         self._leases = tag + ":leases"
         self._instances = tag + ":instances"
         self._version = tag + ":version"
         self._tasks = tag + ":tasks"
-        self._ttl_ms = _ms(result_ttl)
-        self._lease_ms = _ms(store_lease)
+        self._ttl_ms = _ms(self.result_ttl)
+        self._lease_ms = _ms(self.store_lease)
         self._client: Any = None
         self._available = False
         self._lost = trio.Event()

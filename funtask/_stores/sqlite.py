@@ -2,8 +2,9 @@
 
 Standard :mod:`sqlite3`, WAL, ``synchronous=NORMAL`` (a committed
 transaction survives ``kill -9``; only an OS crash can lose the tail).
-Writes run inline on the Trio thread, each one ``BEGIN IMMEDIATE … COMMIT``
-(tens of microseconds); the WAL is checkpointed PASSIVE by
+Writes run inline on the Trio thread, each one transaction (tens of
+microseconds): ``BEGIN IMMEDIATE … COMMIT``, or for the hot path's
+single-statement claim and settle an implicit one; the WAL is checkpointed PASSIVE by
 :meth:`SQLiteStore.checkpoint` in a worker thread on a connection of its
 own (``wal_autocheckpoint=0``). One process owns the file (see
 :mod:`funtask._stores.lock`), so there are no leases: whatever is not
@@ -23,6 +24,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import quote
@@ -58,8 +60,10 @@ CHECKPOINT_INTERVAL: Final = 10.0  # seconds between PASSIVE WAL checkpoints
 PURGE_INTERVAL: Final = 60.0  # seconds between purges of expired results
 _BUSY_TIMEOUT_MS: Final = 200  # the checkpointer or a CLI reader may hold a lock briefly
 _FILE_MODE: Final = 0o600
-# Small pages: every commit appends whole pages to the WAL, and a job's row is small.
-_PAGE_SIZE: Final = 1024  # bytes
+# A leaf holds about ten finished jobs. 1 KiB pages (less WAL per commit) split
+# on almost every settle, cost twice the page writes and miss the page cache:
+# about 30 % more time per job (bench/RESULTS.md 1c).
+_PAGE_SIZE: Final = 4096  # bytes
 
 # The primary key leads with job_id: ``/result`` looks a jobId up across tasks on
 # the table itself, and a claim writes one b-tree page. Only finished results
@@ -103,6 +107,16 @@ _INSERT: Final = (
     "INSERT INTO jobs (task, job_id, state, token, instance, started, renewed, "
     "callback_url, trace) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (job_id, task) DO NOTHING"
+)
+
+
+# Settles a running record held by the token; an empty answer means it is not.
+_SETTLE: Final = (
+    "UPDATE jobs SET state = ?, instance = ?, finished = ?, body = ?, "
+    "webhook_id = ?, delivery = ?, last_step = CASE WHEN ? THEN ? "
+    "ELSE last_step END WHERE task = ? AND job_id = ? AND token = ? "
+    "AND state = 'running' "
+    "RETURNING started, renewed, callback_url, last_step, stop, trace"
 )
 
 
@@ -199,6 +213,7 @@ class SQLiteStore(Store):
         super().__init__(url, **options)
         assert url.path is not None
         self.path = url.path
+        self._instance_text = _text(self.instance)  # as written on every claim and settle
         self._conn: sqlite3.Connection | None = None
         self._version = 0
 
@@ -260,6 +275,29 @@ class SQLiteStore(Store):
             except (sqlite3.Error, OSError) as exc:
                 raise StoreUnavailable(self.display, f"{what}: {exc}") from exc
 
+    def _write(self, what: str, sql: str, args: Sequence[Any]) -> tuple[int, list[Any]]:
+        """One statement as a transaction of its own (autocommit): its rowcount and rows.
+
+        For the hot path's single-statement writes. This process is the file's
+        only writer (rule 11), so an implicit transaction is exactly as safe as
+        ``BEGIN IMMEDIATE`` here, at two statements less: the read snapshot it
+        starts from cannot go stale before it takes the write lock. The
+        statement is stepped to its end (``fetchall``), which is when it commits.
+        """
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable(self.display, "the store is not open")
+        with _clock_held():
+            try:
+                cursor = conn.execute(sql, args)
+                rows = cursor.fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                with suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                raise StoreUnavailable(self.display, f"{what}: {exc}") from exc
+        return cursor.rowcount, rows
+
     def _expired_before(self, now: float) -> float:
         return -1.0 if self.result_ttl is None else now - self.result_ttl
 
@@ -269,29 +307,33 @@ class SQLiteStore(Store):
         self, task: str, job_id: str, *, callback_url: str | None, trace: str | None = None
     ) -> Claim:
         key = (_key(task), _key(job_id))
-        with self._transaction("claim") as conn:
-            now = time.time()
-            inserted = conn.execute(
-                _INSERT, (*key, self.token, _text(self.instance), now, now, callback_url, trace)
-            )
-            if inserted.rowcount == 0:  # a record exists: report it, unless it has expired
+        now = time.time()
+        # The common case in one statement: no record yet.
+        inserted, _ = self._write(
+            "claim",
+            _INSERT,
+            (*key, self.token, self._instance_text, now, now, callback_url, trace),
+        )
+        if inserted == 0:  # a record exists: report it, unless it has expired
+            with self._transaction("claim") as conn:
                 row = conn.execute(
                     f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
                 ).fetchone()
-                job = _job(row)
-                expired = (
-                    job.state == "done"
-                    and job.result is not None
-                    and job.result.finished_at < self._expired_before(now)
-                )
-                if not expired:
-                    if job.finished:
-                        return Claim("stored", job)
-                    return Claim("claimed" if job.token == self.token else "running", job)
-                conn.execute("DELETE FROM jobs WHERE task = ? AND job_id = ?", key)
+                if row is not None:
+                    job = _job(row)
+                    expired = (
+                        job.state == "done"
+                        and job.result is not None
+                        and job.result.finished_at < self._expired_before(now)
+                    )
+                    if not expired:
+                        if job.finished:
+                            return Claim("stored", job)
+                        return Claim("claimed" if job.token == self.token else "running", job)
+                    conn.execute("DELETE FROM jobs WHERE task = ? AND job_id = ?", key)
                 conn.execute(
                     _INSERT,
-                    (*key, self.token, _text(self.instance), now, now, callback_url, trace),
+                    (*key, self.token, self._instance_text, now, now, callback_url, trace),
                 )
         self._version += 1
         return Claim(
@@ -331,42 +373,33 @@ class SQLiteStore(Store):
         key = (_key(task), _key(job_id))
         state: JobState = "delivering" if delivering else "done"
         delivery: DeliveryOutcome | None = None if delivering else "none"
-        with self._transaction("settle") as conn:
+        update = (
+            state,
+            self._instance_text,
+            result.finished_at,
+            result.body,
+            webhook_id,
+            delivery,
+            bool(result.result.last_step),
+            _text(result.result.last_step),
+            *key,
+            token,
+        )
+        if token == self.token:
             # The common case in one statement: the record is ours and running.
-            row = conn.execute(
-                "UPDATE jobs SET state = ?, instance = ?, finished = ?, body = ?, "
-                "webhook_id = ?, delivery = ?, last_step = CASE WHEN ? THEN ? "
-                "ELSE last_step END WHERE task = ? AND job_id = ? AND token = ? "
-                "AND state = 'running' "
-                "RETURNING started, renewed, callback_url, last_step, stop, trace",
-                (
-                    state,
-                    _text(self.instance),
-                    result.finished_at,
-                    result.body,
-                    webhook_id,
-                    delivery,
-                    bool(result.result.last_step),
-                    _text(result.result.last_step),
-                    *key,
-                    token,
-                ),
-            ).fetchone()
-            if row is None:
-                found = conn.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
-                ).fetchone()
-                if found is None:
-                    return Settled("superseded", None)
-                current = _job(found)
-                same = current.result is not None and current.result.body == result.body
-                if current.token == token and current.state != "running" and same:
-                    return Settled("ok", current)
-                return Settled("superseded", current)
-            if token != self.token:  # a result offered for an earlier token: ours now
+            _, rows = self._write("settle", _SETTLE, update)
+            if not rows:
+                with self._transaction("settle") as conn:
+                    return self._settle_taken(conn, key, result, token)
+        else:  # a result offered for an earlier token: it becomes ours with it
+            with self._transaction("settle") as conn:
+                rows = conn.execute(_SETTLE, update).fetchall()
+                if not rows:
+                    return self._settle_taken(conn, key, result, token)
                 conn.execute(
                     "UPDATE jobs SET token = ? WHERE task = ? AND job_id = ?", (self.token, *key)
                 )
+        row = rows[0]
         self._version += 1
         started, renewed, callback_url, last_step, stop, trace = row
         return Settled(
@@ -388,6 +421,22 @@ class SQLiteStore(Store):
                 delivery=delivery,
             ),
         )
+
+    @staticmethod
+    def _settle_taken(
+        conn: sqlite3.Connection, key: tuple[bytes, bytes], result: FinishedJob, token: str
+    ) -> Settled:
+        """Settle's answer when the record is not ``running`` under ``token`` (rare)."""
+        found = conn.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE task = ? AND job_id = ?", key
+        ).fetchone()
+        if found is None:
+            return Settled("superseded", None)
+        current = _job(found)
+        same = current.result is not None and current.result.body == result.body
+        if current.token == token and current.state != "running" and same:
+            return Settled("ok", current)  # applied before (an answer that was lost)
+        return Settled("superseded", current)
 
     async def delivered(
         self, task: str, job_id: str, *, outcome: DeliveryOutcome, attempts: int
@@ -447,26 +496,7 @@ class SQLiteStore(Store):
                 (_key(task), _key(jobs[0].job_id)),
             )
         self._version += 1
-        job = jobs[0]
-        return [
-            StoredJob(
-                job.task,
-                job.job_id,
-                job.state,
-                job.token,
-                job.instance,
-                job.started,
-                job.renewed,
-                callback_url=job.callback_url,
-                last_step=job.last_step,
-                stop=True,
-                trace=job.trace,
-                webhook_id=job.webhook_id,
-                result=job.result,
-                delivery=job.delivery,
-                attempts=job.attempts,
-            )
-        ]
+        return [replace(jobs[0], stop=True)]
 
     # -- this process --------------------------------------------------------
 
@@ -493,7 +523,7 @@ class SQLiteStore(Store):
             conn.execute(
                 "INSERT INTO instances (token, instance, pid, last_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (token) DO UPDATE SET last_seen = excluded.last_seen",
-                (self.token, _text(self.instance), os.getpid(), now),
+                (self.token, self._instance_text, os.getpid(), now),
             )
         return Heartbeat(self._version, frozenset(stop), frozenset(lost))
 
@@ -519,7 +549,7 @@ class SQLiteStore(Store):
                         (
                             state,
                             self.token,
-                            _text(self.instance),
+                            self._instance_text,
                             now,
                             result.body,
                             webhook_id,
@@ -528,17 +558,11 @@ class SQLiteStore(Store):
                         ),
                     )
                     recovered.append(
-                        StoredJob(
-                            job.task,
-                            job.job_id,
-                            state,
-                            self.token,
-                            self.instance,
-                            job.started,
-                            job.renewed,
-                            callback_url=job.callback_url,
-                            last_step=job.last_step,
-                            trace=job.trace,
+                        replace(
+                            job,
+                            state=state,
+                            token=self.token,
+                            instance=self.instance,
                             webhook_id=webhook_id,
                             result=result,
                             delivery=delivery,
@@ -550,23 +574,14 @@ class SQLiteStore(Store):
                     conn.execute(
                         "UPDATE jobs SET token = ?, instance = ?, webhook_id = ? "
                         "WHERE task = ? AND job_id = ?",
-                        (self.token, _text(self.instance), webhook_id, *key),
+                        (self.token, self._instance_text, webhook_id, *key),
                     )
                     recovered.append(
-                        StoredJob(
-                            job.task,
-                            job.job_id,
-                            job.state,
-                            self.token,
-                            self.instance,
-                            job.started,
-                            job.renewed,
-                            callback_url=job.callback_url,
-                            last_step=job.last_step,
-                            trace=job.trace,
+                        replace(
+                            job,
+                            token=self.token,
+                            instance=self.instance,
                             webhook_id=webhook_id,
-                            result=job.result,
-                            attempts=job.attempts,
                             recovered_from=job.state,
                         )
                     )
