@@ -41,6 +41,7 @@ from ._stores.base import (
 )
 from ._stores.sqlite import CHECKPOINT_INTERVAL, PURGE_INTERVAL
 from ._threads import run_in_thread
+from ._tracecontext import carrier_from_stored
 from ._wire import FinishedJob, rfc3339
 
 if TYPE_CHECKING:
@@ -219,7 +220,10 @@ class StoreKeeper:
     async def _keep_unsent(self, job: StoredJob) -> None:
         assert job.result is not None
         await self.runtime.delivery.keep_unsent(
-            job.result, "worker stopped while the job was running", webhook_id=job.webhook_id
+            job.result,
+            "worker stopped while the job was running",
+            webhook_id=job.webhook_id,
+            trace=carrier_from_stored(job.trace),
         )
 
     async def _redeliver(self, job: StoredJob) -> None:
@@ -237,6 +241,7 @@ class StoreKeeper:
             letter=None if letter is None else trio.Path(letter.path),
             attempts=0 if letter is None else letter.attempts,
             report=report,
+            trace=carrier_from_stored(job.trace),
         )
         await self.delivered(
             job.task,

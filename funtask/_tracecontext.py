@@ -10,6 +10,7 @@ nothing from OpenTelemetry, so dead-letter replay can use them too.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
@@ -20,6 +21,8 @@ __all__ = [
     "HeaderLookup",
     "carrier_from_headers",
     "carrier_from_meta",
+    "carrier_from_stored",
+    "stored_carrier",
     "valid_traceparent",
     "valid_tracestate",
 ]
@@ -108,3 +111,19 @@ def carrier_from_meta(meta: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(state, str) and valid_tracestate(state):
         carrier[TRACESTATE] = state
     return carrier
+
+
+def stored_carrier(carrier: Mapping[str, str] | None) -> str | None:
+    """``carrier`` as the text a store keeps with a job record (None for none)."""
+    return json.dumps(dict(carrier), separators=(",", ":")) if carrier else None
+
+
+def carrier_from_stored(text: str | None) -> dict[str, str] | None:
+    """The valid carrier in a job record's stored trace text, or None."""
+    if not text:
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        return None
+    return (carrier_from_meta(meta) or None) if isinstance(meta, dict) else None

@@ -26,6 +26,9 @@ TOKEN = "store-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ARGS = [sys.executable, "tests/shutdown_app.py", "127.0.0.1:0"]
 LIMIT = 30.0  # safety net for each wait; never a wait for a state
+# A caller's W3C trace context: a recovered delivery still carries it (SPEC 6).
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACED = {**AUTH, "traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and flock")
 
@@ -71,7 +74,7 @@ async def test_kill_9_mid_job_gives_one_worker_lost_result(tmp_path: Path) -> No
     with receiver.listen() as hook:
         env = env_for(tmp_path, hook)
         async with worker_process(ARGS, env=env) as worker:
-            async with httpx.AsyncClient(base_url=worker.url, headers=AUTH) as client:
+            async with httpx.AsyncClient(base_url=worker.url, headers=TRACED) as client:
                 started = await client.post("/run/slow", json={"jobId": "k1", "callbackUrl": hook})
                 assert started.status_code == 202, started.text
             # The heartbeat stamps the last step into the store (once a second).
@@ -97,6 +100,9 @@ async def test_kill_9_mid_job_gives_one_worker_lost_result(tmp_path: Path) -> No
                 "step": "sleeping",
             }
             assert 0 <= payload["durationMs"] < 60_000
+            headers = receiver.attempts[0].request.headers
+            assert headers["traceparent"] == TRACEPARENT
+            assert headers["tracestate"] == "vendor=abc"
             assert stored.status_code == 200
             assert stored.json() == payload
             assert duplicate.status_code == 200  # stored: never run again
@@ -114,7 +120,7 @@ async def test_kill_9_during_a_retry_wait_resumes_the_delivery(tmp_path: Path) -
         env = env_for(tmp_path, hook)
         letters = tmp_path / "letters"
         async with worker_process(ARGS, env=env) as worker:
-            async with httpx.AsyncClient(base_url=worker.url, headers=AUTH) as client:
+            async with httpx.AsyncClient(base_url=worker.url, headers=TRACED) as client:
                 started = await client.post(
                     "/run/slow",
                     json={"jobId": "r1", "callbackUrl": hook, "params": {"seconds": 0}},
@@ -131,6 +137,8 @@ async def test_kill_9_during_a_retry_wait_resumes_the_delivery(tmp_path: Path) -
             await trio.sleep(0.5)
             assert len(receiver.attempts) == 2, worker.log()
             assert receiver.payloads[0] == receiver.payloads[1]
+            for attempt in receiver.attempts:
+                assert attempt.request.headers["traceparent"] == TRACEPARENT
             assert receiver.payloads[1]["message"] == "slept"
             assert not list(letters.glob("*~2.json"))
             async with httpx.AsyncClient(base_url=worker.url, headers=AUTH) as client:

@@ -14,6 +14,7 @@ from .._keeper import STORE_UNAVAILABLE
 from .._params import Params
 from .._request import RequestError, new_job_id, parse_run_body, validate_job_id
 from .._stores.base import Claim, StoredJob, StoreUnavailable
+from .._tracecontext import carrier_from_headers, stored_carrier
 from .._wire import dumps
 
 if TYPE_CHECKING:
@@ -101,8 +102,13 @@ async def run(request: Request, runtime: Runtime, task: str) -> None:
         if keeper.persistent:
             # Shielded (the call is bounded by store_timeout): a caller that goes away
             # mid-claim must not leave the slot reserved or a claim nobody handles.
+            # The caller's trace context goes with the record, so a delivery that
+            # another process recovers still carries it.
+            trace = stored_carrier(carrier_from_headers(request))
             with trio.CancelScope(shield=True):
-                claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
+                claim = await runtime.store.claim(
+                    task, job_id, callback_url=callback_url, trace=trace
+                )
         else:  # the memory store answers at once, never yields: nothing to shield
             claim = await runtime.store.claim(task, job_id, callback_url=callback_url)
     except StoreUnavailable as exc:
