@@ -515,6 +515,12 @@ def compare_servers(
 #: The trivial sync ``/run`` and the two floors under it, on the same hypercorn worker.
 STACK: tuple[Variant, ...] = (
     Variant("raw_asgi", "raw ASGI", app="raw_asgi", expect="Hello, g0!"),
+    Variant(
+        "raw_fixed",
+        "raw ASGI + funtask's hypercorn fixes",
+        app="raw_asgi_fixed",
+        expect="Hello, g0!",
+    ),
     Variant("quart_app", "quart-trio route", app="quart_app", expect="Hello, g0!"),
     Variant("overhead", "funtask /run (greet)"),
 )

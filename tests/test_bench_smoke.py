@@ -30,18 +30,21 @@ CASE_TIMEOUT: Final = 180  # seconds; a smoke run takes a few (servers start in 
 EXPECTED: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "overhead": (
         "## 1. Request overhead: trivial sync `/run` vs the floors",
-        ("raw_asgi", "quart_app", "overhead", "ratio_raw", "ratio_quart"),
+        ("raw_asgi", "raw_fixed", "quart_app", "overhead", "ratio_raw", "ratio_fixed"),
     ),
     "latency": (
         "## 1f. Latency at one connection",
-        ("raw_asgi", "quart_app", "overhead", "p50_ratio_raw"),
+        ("raw_asgi", "raw_fixed", "quart_app", "overhead", "p50_ratio_raw", "p50_ratio_fixed"),
     ),
     "metrics": ("## 1b. The cost of metrics", ("on", "off", "off2", "hooks_us", "ratio_cpu")),
     "store": ("## 1c. The cost of a store", ("memory", "sqlite", "ratio_rps")),
     "redis": ("## 1d. The Redis store", ("memory", "redis", "ratio_rps")),
     "tracing": ("## 1e. The cost of tracing", ("api_mean", "none_mean", "sdk", "hooks_us")),
     "progress": ("## 2. Progress cost", ("by_subscribers", "ratio")),
-    "health": ("## 3. `/health` cost with a full history", ("full", "floor", "ratio_floor")),
+    "health": (
+        "## 3. `/health` cost with a full history",
+        ("full", "floor", "fixed_floor", "ratio_floor", "ratio_fixed_floor"),
+    ),
     "fanout": ("## 4. SSE fan-out", ("pairs", "slowdown", "floors")),
     "memory": ("## 5. Memory: RSS of the worker", ("samples", "growth_bytes")),
     "async": ("## 6. Async throughput with callbacks", ("runs", "workers", "tasks")),

@@ -23,6 +23,8 @@ def run(h: Harness) -> dict[str, Any]:
     summary = compare_servers(h, "overhead", list(STACK), pinned=False)
     summary["ratio_quart"] = summary["overhead"]["rps"] / summary["quart_app"]["rps"]
     summary["ratio_raw"] = summary["overhead"]["rps"] / summary["raw_asgi"]["rps"]
+    summary["ratio_fixed"] = summary["overhead"]["rps"] / summary["raw_fixed"]["rps"]
+    summary["round_ratios_fixed"] = round_ratios(summary, "overhead", "raw_fixed")
     summary["ratio_quart_raw"] = summary["quart_app"]["rps"] / summary["raw_asgi"]["rps"]
     summary["round_ratios_quart"] = round_ratios(summary, "overhead", "quart_app")
     return summary
@@ -44,7 +46,7 @@ def report(r: Report, data: dict[str, Any], s: Settings) -> None:
         "socket errors | per round (req/s) | wrk / others' CPU |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     )
-    for app in ("raw_asgi", "quart_app", "overhead"):
+    for app in ("raw_asgi", "raw_fixed", "quart_app", "overhead"):
         row = data[app]
         rounds = ", ".join(f"{v:,.0f}" for v in row["rounds_rps"])
         r.add(
@@ -63,7 +65,10 @@ def report(r: Report, data: dict[str, Any], s: Settings) -> None:
         f"(median of the rounds {statistics.median(rounds):.0%}: "
         + ", ".join(f"{v:.0%}" for v in rounds)
         + f"); by server CPU per request: {by_cpu:.1%}",
-        f"- funtask / raw ASGI: **{data['ratio_raw']:.1%}**",
+        f"- funtask / raw ASGI on funtask's patched hypercorn (the floor issue 14 is judged "
+        f"against): **{data['ratio_fixed']:.1%}** (median of the rounds "
+        f"{statistics.median(data['round_ratios_fixed']):.0%}); / raw ASGI on stock "
+        f"hypercorn: {data['ratio_raw']:.1%}",
         f"- quart-trio route / raw ASGI: {data['ratio_quart_raw']:.1%} (Quart's own cost: "
         f"{quart_cost:,.0f} µs of CPU per request on top of hypercorn)",
         f"- funtask adds {added:,.0f} µs of server CPU per request over the bare quart-trio "
@@ -78,16 +83,17 @@ def report(r: Report, data: dict[str, Any], s: Settings) -> None:
         "(`funtask/_hypercorn_fixes.py`), which pays for the difference.",
         "",
     )
-    contention(r, [data[app] for app in ("raw_asgi", "quart_app", "overhead")])
+    contention(r, [data[app] for app in ("raw_asgi", "raw_fixed", "quart_app", "overhead")])
     r.target(
         "request overhead: funtask >= 85 % of the quart-trio route's requests/s",
         f"{data['ratio_quart']:.1%}",
         data["ratio_quart"] >= 0.85,
     )
     r.target(
-        "request overhead: funtask >= 90 % of the raw ASGI floor's requests/s (issue 14)",
-        f"{data['ratio_raw']:.1%}",
-        data["ratio_raw"] >= 0.90,
+        "request overhead: funtask >= 90 % of the raw ASGI floor's requests/s, the floor on "
+        "the same patched hypercorn (issue 14)",
+        f"{data['ratio_fixed']:.1%} ({data['ratio_raw']:.1%} of the floor on stock hypercorn)",
+        data["ratio_fixed"] >= 0.90,
     )
 
 
