@@ -364,14 +364,14 @@ async def test_file_io_runs_in_worker_threads(
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(os, name, spy)
-    thread_calls: list[str] = []
-    real_run_sync = trio.to_thread.run_sync
+    thread_calls: list[Any] = []  # one Trio worker-thread job per operation
+    real_start_thread_soon = trio.lowlevel.start_thread_soon
 
-    async def recording_run_sync(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        thread_calls.append(fn.__name__)
-        return await real_run_sync(fn, *args, **kwargs)
+    def recording_start_thread_soon(fn: Any, deliver: Any, **kwargs: Any) -> None:
+        thread_calls.append(fn)
+        real_start_thread_soon(fn, deliver, **kwargs)
 
-    monkeypatch.setattr(trio.to_thread, "run_sync", recording_run_sync)
+    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", recording_start_thread_soon)
 
     path = await write_dead_letter(tmp_path, "job-1", make_body(), make_meta())
     await update_dead_letter(path, {"attempts": 1})
