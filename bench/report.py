@@ -71,6 +71,21 @@ class Report:
         self.targets.append((name, measured, _met(ok)))
 
 
+def wrk_rows(r: Report, rows: list[dict[str, Any]]) -> None:
+    """The rows of a side-by-side wrk table: requests/s, latency, CPU, non-2xx, rounds, others.
+
+    Matches the header ``| server | requests/s | p50 | p99 | server CPU/request |
+    non-2xx | per round (req/s) | others' CPU |``.
+    """
+    for row in rows:
+        rounds = ", ".join(f"{v:,.0f}" for v in row["rounds_rps"])
+        r.add(
+            f"| {row['label']} | {row['rps']:,.0f} | {row['p50_ms']:.2f} ms | "
+            f"{row['p99_ms']:.2f} ms | {row['cpu_us']:,.0f} µs | {row['non_2xx']} | {rounds} | "
+            f"{row['other_cores']:.2f} cores |"
+        )
+
+
 def contention(r: Report, rows: list[dict[str, Any]]) -> None:
     """Say so when other processes used a lot of CPU during a comparison."""
     others = statistics.mean(row["other_cores"] for row in rows)

@@ -19,7 +19,7 @@ from bench.harness import (
 )
 from bench.lean import call
 from bench.processes import Service
-from bench.report import Report, contention
+from bench.report import Report, contention, wrk_rows
 
 
 def hook_costs(loops: int = 20_000, repeats: int = 7) -> dict[str, float]:
@@ -127,14 +127,7 @@ def report(r: Report, data: dict[str, Any], s: Settings) -> None:
         "| others' CPU |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     )
-    for key in data["keys"]:
-        row = data[key]
-        rounds = ", ".join(f"{v:,.0f}" for v in row["rounds_rps"])
-        r.add(
-            f"| {row['label']} | {row['rps']:,.0f} | {row['p50_ms']:.2f} ms | "
-            f"{row['p99_ms']:.2f} ms | {row['cpu_us']:,.0f} µs | {row['non_2xx']} | {rounds} | "
-            f"{row['other_cores']:.2f} cores |"
-        )
+    wrk_rows(r, [data[key] for key in data["keys"]])
     rounds = data["round_ratios"]
     r.add(
         "",

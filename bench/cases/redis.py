@@ -17,7 +17,7 @@ from typing import Any
 from bench.harness import Case, Harness, Settings, Variant, compare_servers, round_ratios
 from bench.lean import get_json
 from bench.processes import HOST, Service, free_port
-from bench.report import Report
+from bench.report import Report, wrk_rows
 
 
 @contextlib.contextmanager
@@ -87,14 +87,7 @@ def report(r: Report, data: dict[str, Any], s: Settings) -> None:
         "| others' CPU |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     )
-    for key in ("memory", "redis"):
-        row = data[key]
-        rounds = ", ".join(f"{v:,.0f}" for v in row["rounds_rps"])
-        r.add(
-            f"| {row['label']} | {row['rps']:,.0f} | {row['p50_ms']:.2f} ms | "
-            f"{row['p99_ms']:.2f} ms | {row['cpu_us']:,.0f} µs | {row['non_2xx']} | {rounds} | "
-            f"{row['other_cores']:.2f} cores |"
-        )
+    wrk_rows(r, [data[key] for key in ("memory", "redis")])
     rounds = data["round_ratios"]
     r.add(
         "",
