@@ -276,27 +276,11 @@ class Harness:
         return argv
 
     def wrk(
-        self,
-        url: str,
-        seconds: int,
-        *,
-        script: str | None = None,
-        script_args: tuple[str, ...] = (),
-        auth_header: bool = False,
-        threads: int = WRK_THREADS,
-        connections: int = WRK_CONNECTIONS,
-        pid: int | None = None,
+        self, url: str, seconds: int, *, pid: int | None = None, **load: Any
     ) -> dict[str, Any]:
-        """Run wrk; parse its report; add the server CPU per request when ``pid`` is given."""
-        argv = self.wrk_argv(
-            url,
-            seconds,
-            script=script,
-            script_args=script_args,
-            auth_header=auth_header,
-            threads=threads,
-            connections=connections,
-        )
+        """Run wrk (``load``: the options of :meth:`wrk_argv`); parse its report; add the
+        server CPU per request when ``pid`` is given."""
+        argv = self.wrk_argv(url, seconds, **load)
         cpu_before = cpu_seconds(pid) if pid else 0.0
         busy_before, wrk_before = machine_busy_seconds(), children_cpu_seconds()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)

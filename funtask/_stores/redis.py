@@ -231,6 +231,18 @@ class RedisStore(Store):
     def _done_key(self, task: str) -> str:
         return f"{self._prefix}done:{task}"
 
+    def _settle_keys(self, task: str, job_id: str, job_key: str) -> list[str]:
+        """The keys a script that settles a job touches (SETTLE, TAKE_OVER), in their order."""
+        return [
+            job_key,
+            self._leases,
+            self._version,
+            self._latest_key(job_id),
+            self._history_key(task),
+            self._tasks,
+            self._done_key(task),
+        ]
+
     # -- lifecycle -----------------------------------------------------------
 
     @property
@@ -676,15 +688,7 @@ class RedisStore(Store):
         answer = await self._batched(
             "settle",
             "SETTLE",
-            [
-                self._job_key(task, job_id),
-                self._leases,
-                self._version,
-                self._latest_key(job_id),
-                self._history_key(task),
-                self._tasks,
-                self._done_key(task),
-            ],
+            self._settle_keys(task, job_id, self._job_key(task, job_id)),
             [
                 token or self.token,
                 self.instance,
@@ -889,15 +893,7 @@ class RedisStore(Store):
             answer = await self._script(
                 "sweep",
                 "TAKE_OVER",
-                [
-                    key,
-                    self._leases,
-                    self._version,
-                    self._latest_key(job_id),
-                    self._history_key(task),
-                    self._tasks,
-                    self._done_key(task),
-                ],
+                self._settle_keys(task, job_id, key),
                 [
                     job.token if job is not None else "",
                     self.token,

@@ -266,19 +266,13 @@ class SQLiteStore(Store):
         return _Transaction(self, conn, what)
 
     def _read(self, what: str, sql: str, args: Sequence[Any]) -> list[Any]:
-        conn = self._conn
-        if conn is None:
-            raise StoreUnavailable(self.display, "the store is not open")
-        with _clock_held():
-            try:
-                return conn.execute(sql, args).fetchall()
-            except (sqlite3.Error, OSError) as exc:
-                raise StoreUnavailable(self.display, f"{what}: {exc}") from exc
+        """The rows of one query (any SQLite error is an outage)."""
+        return self._statement(what, sql, args)[1]
 
-    def _write(self, what: str, sql: str, args: Sequence[Any]) -> tuple[int, list[Any]]:
+    def _statement(self, what: str, sql: str, args: Sequence[Any]) -> tuple[int, list[Any]]:
         """One statement as a transaction of its own (autocommit): its rowcount and rows.
 
-        For the hot path's single-statement writes. This process is the file's
+        For queries, and for the hot path's single-statement writes. This process is the file's
         only writer (rule 11), so an implicit transaction is exactly as safe as
         ``BEGIN IMMEDIATE`` here, at two statements less: the read snapshot it
         starts from cannot go stale before it takes the write lock. The
@@ -309,7 +303,7 @@ class SQLiteStore(Store):
         key = (_key(task), _key(job_id))
         now = time.time()
         # The common case in one statement: no record yet.
-        inserted, _ = self._write(
+        inserted, _ = self._statement(
             "claim",
             _INSERT,
             (*key, self.token, self._instance_text, now, now, callback_url, trace),
@@ -387,7 +381,7 @@ class SQLiteStore(Store):
         )
         if token == self.token:
             # The common case in one statement: the record is ours and running.
-            _, rows = self._write("settle", _SETTLE, update)
+            _, rows = self._statement("settle", _SETTLE, update)
             if not rows:
                 with self._transaction("settle") as conn:
                     return self._settle_taken(conn, key, result, token)
