@@ -73,6 +73,7 @@ class Settings:
     async_workers: int = 10  # async jobs in flight at a time
     async_tasks_per_worker: int = 4  # each worker goes round its own tasks
     async_warmup_jobs: int = 50  # unmeasured, first
+    async_rounds: int = 5  # per place; with --baseline the two servers take turns
     hook_loops: int = 20_000  # observer hooks timed in the harness (metrics, tracing)
     hook_repeats: int = 7  # best of
     profile_seconds: float = 10.0  # of load under py-spy, per target
@@ -103,6 +104,7 @@ class Settings:
                 async_workers=2,
                 async_tasks_per_worker=2,
                 async_warmup_jobs=4,
+                async_rounds=1,
                 hook_loops=200,
                 hook_repeats=1,
                 profile_seconds=1.0,
@@ -122,6 +124,7 @@ class Settings:
             fanout_pairs=1,
             memory_checkpoints=(16, 1_000, 5_000, 10_000),
             async_jobs=200,
+            async_rounds=2,
             profile_seconds=4.0,
         )
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import trio
 
-from bench.harness import Case, Harness, Settings
+from bench.harness import Case, Harness, Settings, baseline_label
 from bench.lean import Connection, get_json
-from bench.processes import HOST, Service, cpu_times, log
+from bench.processes import HOST, REPO, Service, cpu_times, log
 from bench.report import Report, _f
 
 
@@ -128,15 +128,17 @@ def start_receiver(h: Harness) -> tuple[Service, int]:
     return receiver, int(receiver.read_line(30).split()[1])
 
 
-def start_callbacks_server(h: Harness, receiver_port: int, parent: Path | None = None) -> Service:
-    """``bench.apps:callbacks`` with the memory store, tasks enough for every worker."""
+def start_callbacks_server(
+    h: Harness, receiver_port: int, parent: Path | None = None, root: Path = REPO
+) -> Service:
+    """``bench.apps:callbacks`` of the checkout ``root``, memory store, tasks for every worker."""
     s = h.settings
     env = {
         "BENCH_CALLBACK_ORIGIN": f"http://{HOST}:{receiver_port}",
         "BENCH_CALLBACK_TASKS": str(s.async_workers * s.async_tasks_per_worker),
         "FUNTASK_STORE": "memory",
     }
-    return h.start_server("callbacks", env=env, dead_letter_parent=parent)
+    return h.start_server("callbacks", env=env, dead_letter_parent=parent, root=root)
 
 
 def async_jobs(
@@ -146,19 +148,25 @@ def async_jobs(
     jobs: int,
     *,
     measuring: Callable[[], object] | None = None,
+    warm_up: bool = True,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """Drive ``jobs`` async jobs through ``server``; the figures, server CPU per job included.
 
-    ``Settings.async_warmup_jobs`` jobs go first, unmeasured. The server's CPU (user
-    + system of the worker process, every thread of it) is read before the first
-    measured POST and after the last dead letter is gone, so it covers the measured
-    jobs whole and nothing else (no /health polling). ``measuring`` is called after
-    the warm-up, just before the measured jobs (the profile starts py-spy there).
+    With ``warm_up``, ``Settings.async_warmup_jobs`` jobs go first, unmeasured (once
+    per server: job ids repeat). ``prefix`` starts the measured jobs' ids (one per
+    round on the same server, since a repeated job id is answered from history).
+
+    The server's CPU (user + system of the worker process, every thread of it) is
+    read before the first measured POST and after the last dead letter is gone, so it
+    covers the measured jobs whole and nothing else (no /health polling).
+    ``measuring`` is called after the warm-up, just before the measured jobs (the
+    profile starts py-spy there).
     """
     s = h.settings
     assert server.port is not None and server.dead_letters is not None
     pid = server.worker_pid()
-    if s.async_warmup_jobs:  # the first delivery imports httpx and builds its client
+    if warm_up and s.async_warmup_jobs:  # the first delivery imports httpx and builds its client
         warm = trio.run(
             drive_async,
             server.port,
@@ -183,6 +191,7 @@ def async_jobs(
         s.async_workers,
         s.async_tasks_per_worker,
         jobs,
+        prefix,
     )
     result["drained"] = wait_empty(server.dead_letters)
     after = cpu_times(pid)
@@ -238,41 +247,93 @@ def dead_letter_cycle_ms(directory: Path, count: int = 20) -> float:
 
 
 def run(h: Harness) -> dict[str, Any]:
-    """Async jobs with callbacks, dead letters on disk and (to isolate fsync) on tmpfs."""
+    """Async jobs with callbacks, dead letters on disk and (to isolate fsync) on tmpfs.
+
+    Per place, ``Settings.async_rounds`` rounds of ``async_jobs`` jobs each; with
+    ``--baseline`` the baseline checkout's server runs beside this one's, the two
+    taking turns round by round (order rotated), so both see the same machine.
+    """
     s = h.settings
     receiver, receiver_port = start_receiver(h)
     places = [("disk", h.tmp)]
     if Path("/dev/shm").is_dir():
         places.append(("tmpfs", Path("/dev/shm")))
+    checkouts = [("this", REPO)]
+    if h.baseline is not None:
+        checkouts.append(("base", h.baseline))
     results: dict[str, Any] = {
         "jobs": s.async_jobs,
+        "rounds": s.async_rounds,
         "workers": s.async_workers,
         "tasks": s.async_workers * s.async_tasks_per_worker,
+        "baseline": None if h.baseline is None else baseline_label(h.baseline),
         "runs": {},
+        "baseline_runs": {},
     }
     for label, parent in places:
-        server = start_callbacks_server(h, receiver_port, parent)
-        assert server.port is not None and server.dead_letters is not None
+        servers = {
+            name: start_callbacks_server(h, receiver_port, parent, root)
+            for name, root in checkouts
+        }
         log(
-            f"async: {s.async_jobs} jobs, {s.async_workers} in flight over "
-            f"{results['tasks']} tasks, dead letters on {label}"
+            f"async: {s.async_rounds} x {s.async_jobs} jobs per server, {s.async_workers} "
+            f"in flight over {results['tasks']} tasks, dead letters on {label}"
         )
-        result = async_jobs(h, server, receiver_port, s.async_jobs)
-        result["idle"] = wait_idle(server.port, h.token)
-        result["dead_letters_left"] = len(list(server.dead_letters.iterdir()))
-        result["filesystem"] = filesystem_type(server.dead_letters)
-        result["cycle_ms"] = dead_letter_cycle_ms(server.dead_letters)
-        h.stop(server)
-        results["runs"][label] = result
-        if result["busy"] or result["unexpected"]:
-            raise BusyError(
-                f"async ({label}): {result['busy']} POST(s) met 409 busy and "
-                f"{len(result['unexpected'])} got another answer ({result['unexpected']}): "
-                "a task got a job before its previous delivery had ended; the harness must "
-                "never meet 409 (raise Settings.async_tasks_per_worker)"
-            )
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+        for index in range(s.async_rounds):
+            names = list(servers)
+            names = names[index % len(names) :] + names[: index % len(names)]
+            for name in names:
+                server = servers[name]
+                result = async_jobs(
+                    h, server, receiver_port, s.async_jobs, warm_up=index == 0, prefix=f"r{index}-"
+                )
+                _check(f"{label}, {name}, round {index + 1}", result)
+                rounds[name].append(result)
+        for name, server in servers.items():
+            assert server.port is not None and server.dead_letters is not None
+            summary = _summarise(rounds[name])
+            summary["idle"] = wait_idle(server.port, h.token)
+            summary["dead_letters_left"] = len(list(server.dead_letters.iterdir()))
+            summary["filesystem"] = filesystem_type(server.dead_letters)
+            summary["cycle_ms"] = dead_letter_cycle_ms(server.dead_letters)
+            h.stop(server)
+            results["runs" if name == "this" else "baseline_runs"][label] = summary
     h.stop(receiver)
     return results
+
+
+def _check(where: str, result: dict[str, Any]) -> None:
+    if result["busy"] or result["unexpected"]:
+        raise BusyError(
+            f"async ({where}): {result['busy']} POST(s) met 409 busy and "
+            f"{len(result['unexpected'])} got another answer ({result['unexpected']}): "
+            "a task got a job before its previous delivery had ended; the harness must "
+            "never meet 409 (raise Settings.async_tasks_per_worker)"
+        )
+
+
+def _summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds of one server: medians, sums where a sum is meant, and the rounds."""
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rounds if r[key] is not None)
+
+    return {
+        "jobs": sum(r["jobs"] for r in rounds),
+        "delivered": sum(r["delivered"] for r in rounds),
+        "busy": sum(r["busy"] for r in rounds),
+        "unexpected": [u for r in rounds for u in r["unexpected"]],
+        "drained": all(r["drained"] for r in rounds),
+        "seconds": median("seconds"),
+        "jobs_per_second": median("jobs_per_second"),
+        "latency_p50_ms": median("latency_p50_ms"),
+        "latency_p99_ms": median("latency_p99_ms"),
+        "server_cpu_us_per_job": median("server_cpu_us_per_job"),
+        "server_user_us_per_job": median("server_user_us_per_job"),
+        "server_sys_us_per_job": median("server_sys_us_per_job"),
+        "rounds_cpu_us_per_job": [r["server_cpu_us_per_job"] for r in rounds],
+    }
 
 
 def filesystem_type(path: Path) -> str:
@@ -287,47 +348,81 @@ def filesystem_type(path: Path) -> str:
 
 
 def report(r: Report, data: dict[str, Any], s: Settings) -> None:
+    rounds = data["rounds"]
+    base = data["baseline"]
     r.add(
         "## 6. Async throughput with callbacks",
         "",
-        f"{data['jobs']:,} async jobs, {data['workers']} in flight at a time over "
-        f"{data['tasks']} tasks, POSTed with `callbackUrl` to a local receiver "
-        "(`bench/receiver.py`, its own process), memory store. Each of the "
+        f"{rounds} round(s) of {data['jobs']:,} async jobs per server, {data['workers']} in "
+        f"flight at a time over {data['tasks']} tasks, POSTed with `callbackUrl` to a local "
+        "receiver (`bench/receiver.py`, its own process), memory store. Each of the "
         f"{data['workers']} drivers goes round {data['tasks'] // data['workers']} tasks of "
         "its own and POSTs its next job once the previous callback arrived, so a task gets "
         "a job only after several whole jobs (funtask holds the slot until the delivery "
         "has ended, dead letter removed): the harness never meets `409 busy`, and fails if "
         "it does. Every delivery writes an fsynced dead letter first and removes it after "
         "the 2xx. Server CPU per job is the hypercorn worker's user + system time (all its "
-        "threads) from the first POST until the last dead letter was gone, over the jobs "
-        f"delivered, after {s.async_warmup_jobs} jobs unmeasured (the first delivery "
-        "imports httpx and builds its client). Run twice: dead letters on the disk, then "
-        "on tmpfs (where fsync costs "
-        'nothing), to separate the disk from funtask. "Dead-letter cycle" is the median '
-        "time of those file operations alone, timed by the harness in the same directory.",
+        "threads) from a round's first POST until its last dead letter was gone, over the "
+        f"jobs delivered; {s.async_warmup_jobs} jobs per server go first, unmeasured (the "
+        "first delivery builds the callback client). The figures are the medians of the "
+        "rounds"
+        + (
+            f"; the baseline `{base}` runs beside this checkout, the two taking turns "
+            "round by round"
+            if base
+            else ""
+        )
+        + ". Dead letters on the disk, then on tmpfs (where fsync costs nothing), to "
+        'separate the disk from funtask. "Dead-letter cycle" is the median time of those '
+        "file operations alone, timed by the harness in the same directory.",
         "",
-        "| dead letters on | jobs delivered | seconds (first POST → last callback) | jobs/s | "
-        "POST → callback p50 / p99 | server CPU/job (user + sys) | 409s | dead letters "
-        "left | dead-letter cycle |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| dead letters on | server | jobs delivered | jobs/s | POST → callback p50 / p99 | "
+        "server CPU/job (user + sys) | per round | 409s | dead letters left | "
+        "dead-letter cycle |",
+        "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
     )
     for label, run in data["runs"].items():
-        r.add(
-            f"| {label} ({run['filesystem']}) | {run['delivered']:,} | {run['seconds']:.2f} | "
-            f"**{run['jobs_per_second']:,.0f}** | {_f(run['latency_p50_ms'], 1)} / "
-            f"{_f(run['latency_p99_ms'], 1)} ms | **{run['server_cpu_us_per_job']:,.0f} µs** "
-            f"({run['server_user_us_per_job']:,.0f} + {run['server_sys_us_per_job']:,.0f}) | "
-            f"{run['busy']} | {run['dead_letters_left']} | {run['cycle_ms']:.2f} ms |"
-        )
-        if run["unexpected"]:
-            r.add(f"| | unexpected answers: {run['unexpected']} | | | | | | | |")
+        rows = [("this checkout", run)]
+        if label in data["baseline_runs"]:
+            rows.append((f"baseline `{base}`", data["baseline_runs"][label]))
+        for name, one in rows:
+            per_round = ", ".join(f"{cpu:,.0f}" for cpu in one["rounds_cpu_us_per_job"])
+            r.add(
+                f"| {label} ({one['filesystem']}) | {name} | {one['delivered']:,} | "
+                f"**{one['jobs_per_second']:,.0f}** | {_f(one['latency_p50_ms'], 1)} / "
+                f"{_f(one['latency_p99_ms'], 1)} ms | "
+                f"**{one['server_cpu_us_per_job']:,.0f} µs** "
+                f"({one['server_user_us_per_job']:,.0f} + "
+                f"{one['server_sys_us_per_job']:,.0f}) | {per_round} µs | {one['busy']} | "
+                f"{one['dead_letters_left']} | {one['cycle_ms']:.2f} ms |"
+            )
+            if one["unexpected"]:
+                r.add(f"| | | unexpected answers: {one['unexpected']} | | | | | | | |")
     r.add("")
+    for label, run in data["runs"].items():
+        other = data["baseline_runs"].get(label)
+        if other is not None:
+            ratios = [
+                a / b
+                for a, b in zip(
+                    run["rounds_cpu_us_per_job"], other["rounds_cpu_us_per_job"], strict=True
+                )
+            ]
+            r.add(
+                f"- {label}: server CPU per job, this checkout / baseline `{base}`: "
+                f"**{run['server_cpu_us_per_job'] / other['server_cpu_us_per_job']:.2f}x** "
+                f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})"
+            )
+    if data["baseline_runs"]:
+        r.add("")
     disk = data["runs"].get("disk")
     if disk is not None:
         r.target(
             "async job with a callback, end to end: <= 2 ms of server CPU per job "
-            "(memory store, dead letters on disk; issue 14)",
-            f"{disk['server_cpu_us_per_job'] / 1000:.2f} ms, {disk['busy']} 409s",
+            "(memory store, dead letters on disk, median of the rounds; issue 14)",
+            f"{disk['server_cpu_us_per_job'] / 1000:.2f} ms "
+            f"(rounds {', '.join(f'{c / 1000:.2f}' for c in disk['rounds_cpu_us_per_job'])}), "
+            f"{disk['busy']} 409s",
             disk["server_cpu_us_per_job"] <= 2000 and disk["busy"] == 0,
         )
 
