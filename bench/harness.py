@@ -71,7 +71,7 @@ class Settings:
     memory_checkpoints: tuple[int, ...] = (16, 1_000, 10_000, 25_000, 50_000, 75_000, 100_000)
     async_jobs: int = 1_000
     async_workers: int = 10  # async jobs in flight at a time
-    async_tasks_per_worker: int = 4  # each worker goes round its own tasks
+    async_tasks_per_worker: int = 8  # each worker goes round its own tasks
     async_warmup_jobs: int = 50  # unmeasured, first
     async_rounds: int = 5  # per place; with --baseline the two servers take turns
     hook_loops: int = 20_000  # observer hooks timed in the harness (metrics, tracing)

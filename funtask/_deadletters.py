@@ -24,8 +24,9 @@ file, so concurrent writers cannot clobber each other.  On filesystems without
 hard links the final name is reserved with ``O_CREAT | O_EXCL`` and the
 temporary file renamed over that (empty) reservation.  The directory is
 fsynced afterwards (after writes and updates; a removal is made durable by
-the next write's sync).  The async functions run all blocking file I/O in a worker
-thread (:func:`trio.to_thread.run_sync`, not abandoned on cancellation), so
+the next write's sync).  The async functions run all blocking file I/O in worker
+threads through :func:`funtask._threads.run_queued` (not abandoned on
+cancellation; operations made while a worker is busy share its next turn), so
 they never block the event loop and a cancelled write is either complete or
 never started.  The sync functions are meant for the command line.
 """
@@ -48,7 +49,7 @@ from typing import Any, Final, NoReturn
 
 import trio
 
-from ._threads import run_in_thread
+from ._threads import run_queued
 from ._tracecontext import carrier_from_meta
 
 __all__ = [
@@ -139,7 +140,7 @@ async def write_dead_letter(
     _check_meta(meta)
     if encoded is not None and not (encoded[:1] == b"{" and encoded[-1:] == b"}"):
         encoded = None  # not a bare JSON object: serialise the body instead
-    final = await run_in_thread(
+    final = await run_queued(
         _write_new, os.fspath(directory), dead_letter_name(job_id), body, dict(meta), encoded
     )
     logger.debug("dead letter written: %s", final)
@@ -148,7 +149,7 @@ async def write_dead_letter(
 
 async def update_dead_letter(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> None:
     """Atomically merge ``meta`` into the ``deadLetter`` member of the file at ``path``."""
-    await run_in_thread(_update, os.fspath(path), dict(meta))
+    await run_queued(_update, os.fspath(path), dict(meta))
     logger.debug("dead letter updated: %s", os.fspath(path))
 
 
@@ -156,7 +157,7 @@ async def remove_dead_letter(path: str | os.PathLike[str]) -> None:
     """Delete the dead letter at ``path`` (a missing file is fine; its directory is not synced)."""
     # Not synced here: a removal that an OS crash undoes means a result delivered twice
     # (replay), never one lost.
-    await run_in_thread(_remove, os.fspath(path))
+    await run_queued(_remove, os.fspath(path))
 
 
 def read_dead_letter(path: str | os.PathLike[str]) -> DeadLetter:
