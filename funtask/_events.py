@@ -53,6 +53,8 @@ class EventHub:
 
     def ring_all(self) -> None:
         """Wake every stream waiting for a tick now (a job started or ended, or shutdown)."""
+        if not self._ticks:
+            return  # the common case: called at every job's start and end
         ticks, self._ticks = self._ticks, {}
         for event in ticks.values():
             event.set()
