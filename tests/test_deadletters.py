@@ -364,7 +364,7 @@ async def test_file_io_runs_in_worker_threads(
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(os, name, spy)
-    thread_calls: list[Any] = []  # one Trio worker-thread job per operation
+    thread_calls: list[Any] = []  # Trio worker-thread jobs started
     real_start_thread_soon = trio.lowlevel.start_thread_soon
 
     def recording_start_thread_soon(fn: Any, deliver: Any, **kwargs: Any) -> None:
@@ -376,7 +376,9 @@ async def test_file_io_runs_in_worker_threads(
     path = await write_dead_letter(tmp_path, "job-1", make_body(), make_meta())
     await update_dead_letter(path, {"attempts": 1})
     await remove_dead_letter(path)
-    assert len(thread_calls) == 3
+    # Each operation gets a hop of its own, or joins the turn of a worker still going
+    # round the queue (funtask._threads.run_queued): never a thread per file call.
+    assert 1 <= len(thread_calls) <= 3
     names = {name for name, _ in calls}
     assert {"open", "write", "fsync", "link", "unlink", "replace"} <= names
     assert [name for name, in_loop in calls if in_loop] == []
