@@ -317,7 +317,7 @@ def _summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The rounds of one server: medians, sums where a sum is meant, and the rounds."""
 
     def median(key: str) -> float:
-        return statistics.median(r[key] for r in rounds if r[key] is not None)
+        return float(statistics.median(r[key] for r in rounds if r[key] is not None))
 
     return {
         "jobs": sum(r["jobs"] for r in rounds),
