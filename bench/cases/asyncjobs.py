@@ -166,33 +166,29 @@ def async_jobs(
     s = h.settings
     assert server.port is not None and server.dead_letters is not None
     pid = server.worker_pid()
-    if warm_up and s.async_warmup_jobs:  # the first delivery imports httpx and builds its client
-        warm = trio.run(
+    port = server.port
+
+    def drive(count: int, job_prefix: str) -> dict[str, Any]:
+        return trio.run(
             drive_async,
-            server.port,
+            port,
             receiver_port,
             h.token,
             s.async_workers,
             s.async_tasks_per_worker,
-            s.async_warmup_jobs,
-            "warmup-",
+            count,
+            job_prefix,
         )
+
+    if warm_up and s.async_warmup_jobs:  # the first delivery imports httpx and builds its client
+        warm = drive(s.async_warmup_jobs, "warmup-")
         wait_empty(server.dead_letters)
         if warm["busy"] or warm["unexpected"]:
             raise BusyError(f"async warm-up met 409 or another answer: {warm}")
     if measuring is not None:
         measuring()
     before = cpu_times(pid)
-    result = trio.run(
-        drive_async,
-        server.port,
-        receiver_port,
-        h.token,
-        s.async_workers,
-        s.async_tasks_per_worker,
-        jobs,
-        prefix,
-    )
+    result = drive(jobs, prefix)
     result["drained"] = wait_empty(server.dead_letters)
     after = cpu_times(pid)
     jobs_done = max(result["delivered"], 1)
